@@ -1,0 +1,129 @@
+"""The Starlette app: ``create_app(settings)`` wires routes, middleware and one lifespan that opens everything."""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import logging
+from collections.abc import AsyncIterator
+from urllib.parse import parse_qs
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .config import Settings, from_env
+from .errors import GatewayError
+from .http import error_response
+from .providers.registry import Providers
+from .routes import claude, meta
+from .state import Gateway
+from .store import Store, open_store
+from .tasks import TaskRunner
+
+log = logging.getLogger("llm_gateway")
+
+OPEN_PATHS = frozenset({"/", "/health", "/docs", "/redoc", "/openapi.json"})
+
+
+class ClientKeyMiddleware:
+    """When GATEWAY_API_KEYS is set, require ``Authorization: Bearer <key>`` or ``X-API-Key`` (constant time)."""
+
+    def __init__(self, app: ASGIApp, keys: list[str]) -> None:
+        self.app = app
+        self.keys = [key.encode() for key in keys]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self.keys or scope["type"] not in ("http", "websocket") or scope["path"] in OPEN_PATHS:
+            return await self.app(scope, receive, send)
+        if scope["type"] == "http" and scope["method"] == "OPTIONS":
+            return await self.app(scope, receive, send)  # CORS preflight carries no credentials
+        if self._authorized(scope):
+            return await self.app(scope, receive, send)
+        if scope["type"] == "websocket":
+            return await send({"type": "websocket.close", "code": 4401, "reason": "unauthorized"})
+        error = GatewayError("unauthorized", "missing or invalid API key: send Authorization: Bearer <key>")
+        await error_response(error)(scope, receive, send)
+
+    def _authorized(self, scope: Scope) -> bool:
+        headers = dict(scope["headers"])
+        offered = headers.get(b"x-api-key", b"")
+        authorization = headers.get(b"authorization", b"")
+        if authorization[:7].lower() == b"bearer ":
+            offered = authorization[7:].strip()
+        if not offered and scope["type"] == "websocket":
+            # Browsers cannot set headers on a WebSocket: accept ?api_key= there.
+            offered = parse_qs(scope.get("query_string", b"").decode()).get("api_key", [""])[0].encode()
+        # Compare with every key, so timing tells nothing about which one was close.
+        matched = False
+        for key in self.keys:
+            matched |= hmac.compare_digest(offered, key)
+        return matched
+
+
+async def gateway_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)
+    return error_response(exc)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    kinds = {404: "not_found", 405: "method_not_allowed"}
+    message = {404: f"no route for {request.url.path}", 405: f"{request.method} not allowed here"}
+    error = GatewayError(kinds.get(exc.status_code, "invalid_request"), message.get(exc.status_code, str(exc.detail)))
+    error.status = exc.status_code
+    return error_response(error)
+
+
+async def internal_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(GatewayError("internal", "internal server error"))
+
+
+def create_app(
+    settings: Settings | None = None, *, store: Store | None = None, providers: Providers | None = None
+) -> Starlette:
+    settings = settings or from_env()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        opened_store = store or open_store(
+            settings.redis_url, prefix=settings.redis_key_prefix, stream_ttl=settings.stream_ttl_seconds
+        )
+        opened_providers = providers or Providers.from_settings(settings)
+        runner = TaskRunner(
+            opened_store,
+            opened_providers.resolve,
+            max_concurrent=settings.max_concurrent_tasks,
+            lease_seconds=settings.task_lease_seconds,
+            grace_seconds=settings.shutdown_grace_seconds,
+        )
+        await runner.start()
+        app.state.gateway = Gateway(settings, opened_store, opened_providers, runner)
+        try:
+            yield
+        finally:
+            await runner.shutdown()
+            await opened_providers.close()
+            await opened_store.close()
+
+    middleware = [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=["X-Task-Id", "Retry-After", "Location"],
+        ),
+        Middleware(ClientKeyMiddleware, keys=settings.client_api_keys),
+    ]
+    return Starlette(
+        routes=[*meta.routes, *claude.routes],
+        middleware=middleware,
+        exception_handlers={GatewayError: gateway_error, HTTPException: http_error, Exception: internal_error},
+        lifespan=lifespan,
+    )

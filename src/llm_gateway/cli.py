@@ -1,0 +1,111 @@
+"""``llm-gateway``: serve the gateway, run the emulator, or both (``--demo``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import socket
+import sys
+from collections.abc import Sequence
+
+import uvicorn
+
+from .config import ConfigError, Settings, from_env
+
+DEMO_KEY = "demo-key-not-a-secret"
+
+
+def _uvicorn_config(app: object, settings: Settings, **overrides: object) -> uvicorn.Config:
+    options: dict[str, object] = {
+        "log_level": settings.log_level.lower(),
+        "timeout_graceful_shutdown": max(1.0, settings.shutdown_grace_seconds),
+        "ws": "websockets-sansio",
+        "proxy_headers": True,
+        **overrides,
+    }
+    return uvicorn.Config(app, **options)  # type: ignore[arg-type]
+
+
+def serve(settings: Settings, host: str, port: int) -> None:
+    if settings.workers > 1:
+        # Each worker builds its own app from the environment (factory), sharing state through Redis.
+        config = _uvicorn_config(
+            "llm_gateway.app:create_app", settings, factory=True, host=host, port=port, workers=settings.workers
+        )
+        uvicorn.Server(config).run()
+        return
+    from .app import create_app
+
+    uvicorn.Server(_uvicorn_config(create_app(settings), settings, host=host, port=port)).run()
+
+
+async def demo(settings: Settings, host: str, port: int) -> None:
+    """The gateway with the emulator as its upstream, in one process: no API key needed."""
+    from .app import create_app
+    from .emulator import create_emulator_app
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    emulator_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    emulator = uvicorn.Server(
+        _uvicorn_config(create_emulator_app(delay=0.02), settings, log_level="warning", lifespan="off")
+    )
+    settings = Settings(
+        **{
+            **{name: getattr(settings, name) for name in Settings.__struct_fields__},
+            "anthropic_api_key": DEMO_KEY,
+            "anthropic_auth_token": None,
+            "anthropic_base_url": emulator_url,
+        }
+    )
+    gateway = uvicorn.Server(_uvicorn_config(create_app(settings), settings, host=host, port=port))
+    print(f"llm-gateway demo: emulated Claude at {emulator_url}, gateway on http://{host}:{port}", file=sys.stderr)
+    emulator_task = asyncio.create_task(emulator.serve(sockets=[sock]))
+    try:
+        await gateway.serve()
+    finally:
+        emulator.should_exit = True
+        await asyncio.wait_for(emulator_task, timeout=10)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="llm-gateway", description=__doc__)
+    parser.add_argument("--demo", action="store_true", help="use the built-in emulator as the Claude upstream")
+    parser.add_argument("--host", help="listen address (default API_HOST)")
+    parser.add_argument("--port", type=int, help="listen port (default API_PORT)")
+    parser.add_argument("--env-file", default=".env", help="settings file read under the environment (default .env)")
+    commands = parser.add_subparsers(dest="command")
+    emu = commands.add_parser("emulator", help="serve the emulated Anthropic API")
+    emu.add_argument("--host", default="127.0.0.1")
+    emu.add_argument("--port", type=int, default=8001)
+    emu.add_argument("--deltas", type=int, default=50, help="text deltas per answer")
+    emu.add_argument("--delay", type=float, default=0.0, help="seconds between deltas")
+    emu.add_argument("--api-key", help="require this key")
+    args = parser.parse_args(argv)
+
+    if args.command == "emulator":
+        from .emulator import create_emulator_app
+
+        app = create_emulator_app(deltas=args.deltas, delay=args.delay, api_key=args.api_key)
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", lifespan="off")
+        return 0
+    try:
+        settings = from_env(os.environ, env_file=args.env_file)
+    except ConfigError as exc:
+        print(f"llm-gateway: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "httpx2"):  # one INFO line per upstream request is noise at this volume
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    host = args.host or settings.api_host
+    port = args.port if args.port is not None else settings.api_port
+    if args.demo:
+        if settings.workers > 1:
+            print("llm-gateway: --demo runs one process; unset WORKERS", file=sys.stderr)
+            return 2
+        asyncio.run(demo(settings, host, port))
+        return 0
+    serve(settings, host, port)
+    return 0

@@ -1,0 +1,98 @@
+"""Errors the gateway answers with, in the contract's shape (API.md §5).
+
+    GatewayError            type + HTTP status + message (+ detail, Retry-After)
+     ├── InvalidRequest     400/422 invalid_request
+     ├── NotFound           404 not_found
+     └── Conflict           409 conflict
+
+Upstream failures are ``GatewayError`` with an ``upstream_*`` type, built by the providers.
+Inside a stream the same types arrive as an ``error`` event, plus ``cancelled`` and ``interrupted``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+STATUS_BY_TYPE: dict[str, int] = {
+    "invalid_request": 400,
+    "unauthorized": 401,
+    "not_found": 404,
+    "method_not_allowed": 405,
+    "conflict": 409,
+    "payload_too_large": 413,
+    "rate_limited": 429,
+    "upstream_auth": 502,
+    "upstream_rate_limited": 429,
+    "upstream_overloaded": 503,
+    "upstream_timeout": 504,
+    "upstream_error": 502,
+    "unavailable": 503,
+    "internal": 500,
+    "cancelled": 499,
+    "interrupted": 503,
+}
+
+RETRYABLE_TYPES = frozenset(
+    {"rate_limited", "upstream_rate_limited", "upstream_overloaded", "upstream_timeout", "unavailable", "interrupted"}
+)
+
+
+class GatewayError(Exception):
+    def __init__(
+        self,
+        type: str,
+        message: str,
+        *,
+        status: int | None = None,
+        detail: Any = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.type = type
+        self.message = message
+        self.status = status or STATUS_BY_TYPE.get(type, 500)
+        self.detail = detail
+        self.retry_after = retry_after
+
+    @property
+    def retryable(self) -> bool:
+        return self.type in RETRYABLE_TYPES
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after is None:
+            return {}
+        return {"Retry-After": str(max(1, round(self.retry_after)))}
+
+
+class InvalidRequest(GatewayError):
+    def __init__(self, message: str, *, detail: Any = None, status: int = 400) -> None:
+        super().__init__("invalid_request", message, status=status, detail=detail)
+
+
+class NotFound(GatewayError):
+    def __init__(self, message: str) -> None:
+        super().__init__("not_found", message)
+
+
+class Conflict(GatewayError):
+    def __init__(self, message: str) -> None:
+        super().__init__("conflict", message)
+
+
+class ErrorBody(msgspec.Struct, kw_only=True, omit_defaults=True):
+    success: bool
+    error: str
+    type: str
+    detail: Any = None
+    timestamp: str
+
+
+def utc_now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def error_body(exc: GatewayError) -> ErrorBody:
+    return ErrorBody(success=False, error=exc.message, type=exc.type, detail=exc.detail, timestamp=utc_now_iso())

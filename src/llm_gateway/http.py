@@ -1,0 +1,85 @@
+"""Request parsing and response helpers shared by the routes: bodies in, msgspec JSON out."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, TypeVar
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .errors import GatewayError, InvalidRequest, error_body
+
+T = TypeVar("T")
+_encode = msgspec.json.Encoder().encode
+_AT = re.compile(r"^(.*) - at `\$(.*)`$")
+
+
+class JSONResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return _encode(content)
+
+
+def error_response(exc: GatewayError) -> JSONResponse:
+    return JSONResponse(error_body(exc), status_code=exc.status, headers=exc.headers())
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise GatewayError("payload_too_large", f"request body over {max_bytes} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise GatewayError("payload_too_large", f"request body over {max_bytes} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json(request: Request, model: type[T], max_bytes: int) -> T:
+    raw = await read_body(request, max_bytes)
+    try:
+        data = msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    return validate(data, model)
+
+
+def validate(data: Any, model: type[T]) -> T:
+    """Convert decoded JSON to ``model``; on failure list every bad field with its path."""
+    try:
+        return msgspec.convert(data, model)
+    except msgspec.ValidationError as exc:
+        errors = field_errors(data, model) or [_describe(str(exc), [])]
+        raise InvalidRequest("invalid request body", detail=errors, status=422) from None
+
+
+def field_errors(data: Any, model: type[Any]) -> list[dict[str, Any]]:
+    """Check each field of a Struct on its own, since msgspec stops at the first error."""
+    if not isinstance(data, dict) or not isinstance(model, type) or not issubclass(model, msgspec.Struct):
+        return []
+    errors = []
+    for field in msgspec.structs.fields(model):
+        if field.encode_name not in data:
+            if field.required:
+                errors.append({"loc": ["body", field.encode_name], "msg": "field required", "type": "missing"})
+            continue
+        try:
+            msgspec.convert(data[field.encode_name], field.type)
+        except msgspec.ValidationError as exc:
+            errors.append(_describe(str(exc), [field.encode_name]))
+    return errors
+
+
+def _describe(message: str, loc: list[str]) -> dict[str, Any]:
+    match = _AT.match(message)
+    path = loc
+    if match:
+        message = match[1]
+        path = loc + [p for p in re.split(r"[.\[\]]+", match[2]) if p]
+    return {"loc": ["body", *path], "msg": message, "type": "invalid"}

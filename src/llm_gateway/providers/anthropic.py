@@ -1,0 +1,129 @@
+"""Claude through the official SDK: the Messages stream mapped to our events."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
+import anthropic
+import httpx2
+
+from ..errors import GatewayError
+from ..events import Complete, Event, Text, TokenUsage, ToolCall, Usage
+from .base import GenerationRequest, error_from_upstream
+
+
+class AnthropicProvider:
+    def __init__(self, client: anthropic.AsyncAnthropic) -> None:
+        self._client = client
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        api_key: str | None,
+        auth_token: str | None,
+        base_url: str | None,
+        idle_timeout: float,
+        max_retries: int,
+    ) -> AnthropicProvider:
+        # The read timeout is the idle timeout: it bounds the silence between two chunks of the stream.
+        timeout = httpx2.Timeout(connect=10.0, read=idle_timeout, write=30.0, pool=30.0)
+        client = anthropic.AsyncAnthropic(
+            api_key=api_key,
+            auth_token=auth_token,
+            base_url=base_url,
+            timeout=timeout,
+            max_retries=max_retries,
+        )
+        return cls(client)
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[Event]:
+        omit = anthropic.omit
+        try:
+            stream: anthropic.AsyncStream[Any] = await self._client.messages.create(
+                model=request.model,
+                max_tokens=request.max_tokens,
+                messages=cast(Any, request.messages),
+                stream=True,
+                system=cast(Any, request.system or omit),
+                tools=cast(Any, request.tools or omit),
+                tool_choice=cast(Any, request.tool_choice or omit),
+                # SDK 2.x has no temperature argument; send it only when the client gave one.
+                extra_body=None if request.temperature is None else {"temperature": request.temperature},
+            )
+            async with stream:
+                mapper = StreamMapper(request.model)
+                async for raw in stream:
+                    for event in mapper.feed(raw):
+                        yield event
+                if not mapper.stopped:
+                    raise GatewayError("upstream_error", "upstream stream ended before message_stop")
+        except anthropic.APIStatusError as exc:
+            raise error_from_upstream(
+                exc.status_code, exc.type, exc.api_message or str(exc), exc.response.headers.get("retry-after")
+            ) from None
+        except (anthropic.APITimeoutError, httpx2.TimeoutException):
+            raise GatewayError("upstream_timeout", "upstream sent nothing within UPSTREAM_IDLE_TIMEOUT") from None
+        except (anthropic.APIConnectionError, httpx2.HTTPError) as exc:
+            raise GatewayError("upstream_error", f"upstream connection failed: {type(exc).__name__}") from None
+        except anthropic.AnthropicError as exc:
+            raise GatewayError("upstream_error", f"upstream client error: {type(exc).__name__}") from None
+
+
+class StreamMapper:
+    """Turns the SDK's raw stream events into ours; pure, so it is tested without a network."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.parts: list[str] = []
+        self.tools: dict[int, tuple[str, str]] = {}
+        self.input_tokens = 0
+        self.output_tokens = 0
+        self.stop_reason: str | None = None
+        self.stopped = False
+
+    def feed(self, raw: Any) -> list[Event]:
+        kind = raw.type
+        if kind == "content_block_delta":
+            delta = raw.delta
+            if delta.type == "text_delta":
+                self.parts.append(delta.text)
+                return [Text(raw.index, delta.text)]
+            if delta.type == "input_json_delta" and delta.partial_json:
+                tool_id, name = self.tools.get(raw.index, ("", ""))
+                return [ToolCall(raw.index, tool_id, name, delta.partial_json)]
+            return []
+        if kind == "content_block_start":
+            block = raw.content_block
+            if block.type == "tool_use":
+                self.tools[raw.index] = (block.id, block.name)
+                return [ToolCall(raw.index, block.id, block.name, "")]
+            if block.type == "text" and block.text:
+                self.parts.append(block.text)
+                return [Text(raw.index, block.text)]
+            return []
+        if kind == "message_start":
+            message = raw.message
+            self.model = message.model or self.model
+            usage = message.usage
+            self.input_tokens = (
+                (usage.input_tokens or 0)
+                + (getattr(usage, "cache_creation_input_tokens", None) or 0)
+                + (getattr(usage, "cache_read_input_tokens", None) or 0)
+            )
+            self.output_tokens = usage.output_tokens or 0
+            return []
+        if kind == "message_delta":
+            self.stop_reason = raw.delta.stop_reason or self.stop_reason
+            if raw.usage is not None:
+                self.output_tokens = raw.usage.output_tokens  # cumulative, never summed
+            return [Usage(self.input_tokens, self.output_tokens)]
+        if kind == "message_stop":
+            self.stopped = True
+            usage = TokenUsage(self.input_tokens, self.output_tokens)
+            return [Complete("".join(self.parts), self.stop_reason, usage, self.model)]
+        return []

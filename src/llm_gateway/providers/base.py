@@ -1,0 +1,87 @@
+"""What every provider takes and gives, and the one mapping of upstream failures to our error types."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+import msgspec
+
+from ..errors import GatewayError
+from ..events import Event
+
+
+class GenerationRequest(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A provider-neutral request, in the Anthropic message format."""
+
+    model: str
+    messages: list[dict[str, Any]]
+    max_tokens: int = 4096
+    system: str | list[dict[str, Any]] | None = None
+    temperature: float | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: dict[str, Any] | None = None
+
+
+class Provider(Protocol):
+    def stream(self, request: GenerationRequest) -> AsyncIterator[Event]:
+        """Yield ``text``/``tool_call``/``usage`` events and finally one ``complete``; raise GatewayError."""
+
+    async def close(self) -> None: ...
+
+
+_TYPE_BY_UPSTREAM_TYPE = {
+    "authentication_error": "upstream_auth",
+    "permission_error": "upstream_auth",
+    "billing_error": "upstream_auth",
+    "rate_limit_error": "upstream_rate_limited",
+    "overloaded_error": "upstream_overloaded",
+    "timeout_error": "upstream_timeout",
+    "invalid_request_error": "invalid_request",
+    "not_found_error": "invalid_request",
+    "request_too_large": "invalid_request",
+    "api_error": "upstream_error",
+}
+
+
+def _type_for_status(status: int) -> str:
+    if status in (401, 402, 403):
+        return "upstream_auth"
+    if status == 429:
+        return "upstream_rate_limited"
+    if status in (503, 529):
+        return "upstream_overloaded"
+    if status in (408, 504):
+        return "upstream_timeout"
+    if 400 <= status < 500:
+        return "invalid_request"
+    return "upstream_error"
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """``Retry-After`` as seconds: a number, or an HTTP date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value.strip() else None
+        return None if parsed is None else max(0.0, parsed.timestamp() - time.time())
+
+
+def error_from_upstream(
+    status: int, upstream_type: str | None, message: str | None, retry_after: str | None = None
+) -> GatewayError:
+    """Map an upstream failure (HTTP status, or 200 with an in-stream error type) to our error type."""
+    our_type = _TYPE_BY_UPSTREAM_TYPE.get(upstream_type or "") or _type_for_status(status)
+    text = f"upstream {upstream_type or status}: {message or 'no message'}"
+    seconds = None
+    if our_type in ("upstream_rate_limited", "upstream_overloaded"):
+        try:
+            seconds = parse_retry_after(retry_after)
+        except (TypeError, ValueError):
+            seconds = None
+        seconds = seconds if seconds is not None else (1.0 if our_type == "upstream_rate_limited" else 5.0)
+    return GatewayError(our_type, text, retry_after=seconds)

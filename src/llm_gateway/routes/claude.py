@@ -1,0 +1,200 @@
+"""Claude tasks (seed 000): prompt, prompt/async, queue, task status, cancel, SSE subscribe, WebSocket replay."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from ..dialects import render_ws
+from ..errors import GatewayError, InvalidRequest, NotFound
+from ..events import Complete, Error, TaskError, TaskInfo, TaskResult, TokenUsage
+from ..http import JSONResponse, read_json
+from ..providers import GenerationRequest
+from ..sse import event_stream, frames, pick_renderer, resume_point
+from ..state import gateway
+from ..store import parse_event_id
+
+TaskId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
+NonEmpty = Annotated[str, Meta(min_length=1)]
+
+
+class Message(msgspec.Struct):
+    role: Literal["user", "assistant"]
+    content: str | list[dict[str, Any]]
+
+
+class PromptRequest(msgspec.Struct, kw_only=True):
+    prompt: NonEmpty | None = None
+    system_prompt: str | None = None
+    max_tokens: Annotated[int, Meta(ge=1, le=128_000)] = 4096
+    temperature: Annotated[float, Meta(ge=0, le=1)] | None = None
+    model: Annotated[str, Meta(min_length=1, max_length=200)] | None = None
+    messages: Annotated[list[Message], Meta(min_length=1)] | None = None
+    tools: list[dict[str, Any]] | None = None
+    task_id: TaskId | None = None
+
+
+class PromptResponse(msgspec.Struct):
+    task_id: str
+    response: str
+    model: str
+    stop_reason: str | None
+    usage: TokenUsage
+
+
+class Accepted(msgspec.Struct):
+    task_id: str
+    status: str
+    status_url: str
+    stream_url: str
+
+
+class TaskStatus(msgspec.Struct, omit_defaults=True):
+    task_id: str
+    status: str
+    created_at: str
+    updated_at: str
+    result: TaskResult | None = None
+    error: TaskError | None = None
+
+
+def generation_request(body: PromptRequest, default_model: str) -> GenerationRequest:
+    if body.prompt is None and body.messages is None:
+        raise InvalidRequest(
+            "prompt is required (or messages)",
+            detail=[{"loc": ["body", "prompt"], "msg": "field required", "type": "missing"}],
+            status=422,
+        )
+    if body.prompt is not None and not body.prompt.strip():
+        raise InvalidRequest(
+            "prompt must not be blank",
+            detail=[{"loc": ["body", "prompt"], "msg": "must not be blank", "type": "invalid"}],
+            status=422,
+        )
+    messages = [msgspec.to_builtins(m) for m in body.messages or ()]
+    if body.prompt is not None:
+        messages.append({"role": "user", "content": body.prompt})
+    return GenerationRequest(
+        model=body.model or default_model,
+        messages=messages,
+        max_tokens=body.max_tokens,
+        system=body.system_prompt or None,
+        temperature=body.temperature,
+        tools=body.tools or None,
+    )
+
+
+async def _submit(request: Request) -> TaskInfo:
+    gw = gateway(request)
+    body = await read_json(request, PromptRequest, gw.settings.max_body_bytes)
+    info, _ = await gw.runner.submit(body.task_id, generation_request(body, gw.settings.claude_model))
+    return info
+
+
+def _accepted(info: TaskInfo) -> JSONResponse:
+    status_url = f"/api/claude/task/{info.task_id}"
+    body = Accepted(info.task_id, info.status, status_url, f"/api/claude/subscribe/{info.task_id}")
+    return JSONResponse(body, status_code=202, headers={"X-Task-Id": info.task_id, "Location": status_url})
+
+
+async def prompt(request: Request) -> Response:
+    info = await _submit(request)
+    terminal = await gateway(request).runner.wait(info.task_id)
+    if isinstance(terminal, Error):
+        raise GatewayError(terminal.type, terminal.message, retry_after=terminal.retry_after)
+    assert isinstance(terminal, Complete)
+    body = PromptResponse(info.task_id, terminal.text, terminal.model, terminal.stop_reason, terminal.usage)
+    return JSONResponse(body, headers={"X-Task-Id": info.task_id})
+
+
+async def prompt_async(request: Request) -> Response:
+    return _accepted(await _submit(request))
+
+
+async def _task(request: Request) -> TaskInfo:
+    task_id = request.path_params["task_id"]
+    info = await gateway(request).store.get_task(task_id)
+    if info is None:
+        raise NotFound(f"no task {task_id} (unknown or expired)")
+    return info
+
+
+async def task_status(request: Request) -> Response:
+    info = await _task(request)
+    body = TaskStatus(info.task_id, info.status, info.created_at, info.updated_at, info.result, info.error)
+    return JSONResponse(body)
+
+
+async def cancel_task(request: Request) -> Response:
+    info = await gateway(request).runner.cancel(request.path_params["task_id"])
+    return JSONResponse({"task_id": info.task_id, "status": info.status, "cancel_requested": True}, status_code=202)
+
+
+async def subscribe(request: Request) -> Response:
+    render = pick_renderer(request, "native")
+    after = resume_point(request)
+    info = await _task(request)
+    return event_stream(frames(gateway(request).store, info.task_id, after, render), info.task_id)
+
+
+async def replay_ws(websocket: WebSocket) -> None:
+    """Every event after ``?after=`` as ``{id, event, data}``, live until the terminal one."""
+    gw = gateway(websocket)
+    task_id = websocket.path_params["task_id"]
+    await websocket.accept()
+    try:
+        after = websocket.query_params.get("after") or None
+        if after is not None:
+            parse_event_id(after)
+        if await gw.store.get_task(task_id) is None:
+            raise NotFound(f"no task {task_id} (unknown or expired)")
+    except GatewayError as exc:
+        message = {"event": "error", "data": {"type": exc.type, "message": exc.message}}
+        await websocket.send_text(msgspec.json.encode(message).decode())
+        await websocket.close(code=4404 if exc.status == 404 else 4400)
+        return
+
+    async def send_events() -> None:
+        async for batch in gw.store.follow(task_id, after):
+            for event_id, event in batch:
+                await websocket.send_text(render_ws(event_id, event).decode())
+
+    sender = asyncio.create_task(send_events())
+    receiver = asyncio.create_task(_drain_until_disconnect(websocket))
+    try:
+        done, _ = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (sender, receiver):
+            task.cancel()
+        for task in (sender, receiver):
+            with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError, OSError):
+                await task
+    if sender in done and sender.exception() is None:
+        with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+            await websocket.close(code=1000)
+
+
+async def _drain_until_disconnect(websocket: WebSocket) -> None:
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+
+
+routes = [
+    Route("/api/claude/prompt", prompt, methods=["POST"]),
+    Route("/api/claude/prompt/async", prompt_async, methods=["POST"]),
+    Route("/api/claude/queue", prompt_async, methods=["POST"]),
+    Route("/api/claude/task/{task_id}", task_status, methods=["GET"]),
+    Route("/api/claude/task/{task_id}", cancel_task, methods=["DELETE"]),
+    Route("/api/claude/subscribe/{task_id}", subscribe, methods=["GET"]),
+    WebSocketRoute("/api/claude/ws/{task_id}", replay_ws),
+]

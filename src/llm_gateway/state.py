@@ -1,0 +1,25 @@
+"""The gateway's resources, opened in the app's lifespan and handed to routes through ``app.state``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starlette.requests import HTTPConnection
+
+from .config import Settings
+from .providers.registry import Providers
+from .store import Store
+from .tasks import TaskRunner
+
+
+@dataclass(frozen=True)
+class Gateway:
+    settings: Settings
+    store: Store
+    providers: Providers
+    runner: TaskRunner
+
+
+def gateway(connection: HTTPConnection) -> Gateway:
+    value: Gateway = connection.app.state.gateway
+    return value

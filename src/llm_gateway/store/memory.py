@@ -1,0 +1,157 @@
+"""The embedded store: everything in this process's memory, for a single replica."""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import collections
+import time
+from collections.abc import AsyncIterator, Sequence
+
+from ..events import Complete, Error, Event, TaskInfo, Terminal, terminal_outcome
+from .base import EventBatch, format_event_id, next_event_id, now_iso, parse_event_id
+
+
+class _Log:
+    __slots__ = ("changed", "events", "info", "keys", "lease_deadline")
+
+    def __init__(self, info: TaskInfo) -> None:
+        self.info = info
+        self.keys: list[tuple[int, int]] = []
+        self.events: EventBatch = []
+        self.changed = asyncio.Event()
+        self.lease_deadline = 0.0
+
+    def add(self, event: Event) -> str:
+        key = next_event_id(self.keys[-1] if self.keys else (0, 0))
+        event_id = format_event_id(key)
+        self.keys.append(key)
+        self.events.append((event_id, event))
+        return event_id
+
+    def notify(self) -> None:
+        changed, self.changed = self.changed, asyncio.Event()
+        changed.set()
+
+    def position(self, after: str | None) -> int:
+        return 0 if after is None else bisect.bisect_right(self.keys, parse_event_id(after))
+
+
+class MemoryStore:
+    def __init__(self, *, stream_ttl: int = 3600) -> None:
+        self.stream_ttl = stream_ttl
+        self._logs: dict[str, _Log] = {}
+        self._expiry: collections.deque[tuple[float, str]] = collections.deque()
+        self._cancels: asyncio.Queue[str] = asyncio.Queue(maxsize=1024)
+
+    def _purge_expired(self) -> None:
+        now = time.monotonic()
+        while self._expiry and self._expiry[0][0] <= now:
+            _, task_id = self._expiry.popleft()
+            self._logs.pop(task_id, None)
+
+    def _log(self, task_id: str) -> _Log | None:
+        self._purge_expired()
+        return self._logs.get(task_id)
+
+    async def ping(self) -> None:
+        return None
+
+    async def create_task(self, task_id: str, *, fingerprint: str, model: str) -> tuple[TaskInfo, bool]:
+        log = self._log(task_id)
+        if log is not None:
+            return log.info, False
+        now = now_iso()
+        info = TaskInfo(
+            task_id=task_id, status="queued", created_at=now, updated_at=now, model=model, fingerprint=fingerprint
+        )
+        self._logs[task_id] = _Log(info)
+        return info, True
+
+    async def get_task(self, task_id: str) -> TaskInfo | None:
+        log = self._log(task_id)
+        return None if log is None else log.info
+
+    async def start_task(self, task_id: str, *, owner: str, lease_seconds: float, event: Event) -> str:
+        log = self._logs[task_id]
+        if log.info.status != "queued":
+            return ""
+        log.info.status, log.info.owner, log.info.updated_at = "running", owner, now_iso()
+        log.lease_deadline = time.monotonic() + lease_seconds
+        event_id = log.add(event)
+        log.notify()
+        return event_id
+
+    async def append(self, task_id: str, events: Sequence[Event]) -> str:
+        log = self._logs[task_id]
+        event_id = ""
+        for event in events:
+            event_id = log.add(event)
+        log.notify()
+        return event_id
+
+    async def finish(self, task_id: str, event: Terminal) -> bool:
+        log = self._logs.get(task_id)
+        if log is None or log.info.finished:
+            return False
+        log.add(event)
+        status, result, error = terminal_outcome(event)
+        log.info.status, log.info.result, log.info.error, log.info.updated_at = status, result, error, now_iso()
+        self._expiry.append((time.monotonic() + self.stream_ttl, task_id))
+        log.notify()
+        return True
+
+    async def read(self, task_id: str, after: str | None = None) -> EventBatch:
+        log = self._log(task_id)
+        return [] if log is None else log.events[log.position(after) :]
+
+    async def follow(
+        self, task_id: str, after: str | None = None, *, heartbeat: float = 15.0
+    ) -> AsyncIterator[EventBatch]:
+        log = self._log(task_id)
+        if log is None:
+            return
+        position = log.position(after)
+        while True:
+            changed = log.changed
+            if position < len(log.events):
+                batch = log.events[position:]
+                position = len(log.events)
+                yield batch
+                if isinstance(batch[-1][1], Complete | Error):
+                    return
+                continue
+            try:
+                async with asyncio.timeout(heartbeat):
+                    await changed.wait()
+            except TimeoutError:
+                yield []
+
+    async def renew_leases(self, task_ids: Sequence[str], *, owner: str, lease_seconds: float) -> None:
+        deadline = time.monotonic() + lease_seconds
+        for task_id in task_ids:
+            log = self._logs.get(task_id)
+            if log is not None and log.info.owner == owner:
+                log.lease_deadline = deadline
+
+    async def interrupt_lapsed(self) -> list[str]:
+        now = time.monotonic()
+        lapsed = [
+            task_id for task_id, log in self._logs.items() if log.info.status == "running" and log.lease_deadline < now
+        ]
+        for task_id in lapsed:
+            await self.finish(task_id, Error("interrupted", "the replica running this task stopped", retryable=True))
+        return lapsed
+
+    async def request_cancel(self, task_id: str) -> None:
+        try:
+            self._cancels.put_nowait(task_id)
+        except asyncio.QueueFull:
+            pass  # the only consumer is this process's runner, which cancels local tasks directly
+
+    async def cancel_requests(self) -> AsyncIterator[str]:
+        while True:
+            yield await self._cancels.get()
+
+    async def close(self) -> None:
+        self._logs.clear()

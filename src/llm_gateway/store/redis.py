@@ -1,0 +1,377 @@
+"""The Redis store: task hashes, Redis Streams event logs, a lease zset, and one multiplexed reader per replica.
+
+Layout (prefix ``llmgw:``): ``task:{id}`` hash, ``events:{id}`` stream (field ``e`` = event JSON),
+``running`` zset (task id -> lease deadline in server ms), channel ``cancel`` (task ids), and
+``wake:{replica}``, a tiny stream that only this replica's reader watches.
+
+Live reads: ``follow`` never blocks a connection of its own. It registers with ``_Fanout``, whose single
+``XREAD BLOCK`` covers every followed stream. A new stream joins that read by an XADD to the wake stream,
+which is part of the same XREAD: unlike ``CLIENT UNBLOCK`` this cannot be lost in a race with the read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import msgspec
+import redis.asyncio as redis
+
+from ..events import Complete, Error, Event, TaskInfo, Terminal, decode_event, encode_event, terminal_outcome
+from .base import EventBatch, now_iso, parse_event_id
+
+log = logging.getLogger(__name__)
+
+ACTIVE_TTL = 24 * 3600  # a running task's keys outlive any generation; finished ones get STREAM_TTL_SECONDS
+PAGE = 1000
+BLOCK_MS = 5000
+SUBSCRIBER_BACKLOG = 4096  # events buffered for one slow subscriber before it falls back to XRANGE
+
+_CREATE = """
+if redis.call('HSETNX', KEYS[1], 'task_id', ARGV[1]) == 0 then return redis.call('HGETALL', KEYS[1]) end
+redis.call('HSET', KEYS[1], 'status', 'queued', 'created_at', ARGV[4], 'updated_at', ARGV[4],
+           'model', ARGV[3], 'fingerprint', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+return 1
+"""
+
+_START = """
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return false end
+redis.call('HSET', KEYS[1], 'status', 'running', 'owner', ARGV[2], 'updated_at', ARGV[4])
+redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), ARGV[1])
+local id = redis.call('XADD', KEYS[2], '*', 'e', ARGV[5])
+redis.call('EXPIRE', KEYS[2], ARGV[6])
+return id
+"""
+
+# ARGV[8]: when set, finish only if the lease lapsed (the reaper's call), judged by the server's clock.
+_FINISH = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then redis.call('ZREM', KEYS[3], ARGV[7]) return false end
+if status ~= 'queued' and status ~= 'running' then return false end
+if ARGV[8] ~= '' then
+  local t = redis.call('TIME')
+  local deadline = redis.call('ZSCORE', KEYS[3], ARGV[7])
+  if deadline and tonumber(deadline) > t[1] * 1000 + math.floor(t[2] / 1000) then return false end
+end
+local id = redis.call('XADD', KEYS[2], '*', 'e', ARGV[1])
+redis.call('HSET', KEYS[1], 'status', ARGV[2], 'updated_at', ARGV[5], 'result', ARGV[3], 'error', ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+redis.call('EXPIRE', KEYS[2], ARGV[6])
+redis.call('ZREM', KEYS[3], ARGV[7])
+return id
+"""
+
+_RENEW = """
+local t = redis.call('TIME')
+local deadline = t[1] * 1000 + math.floor(t[2] / 1000) + tonumber(ARGV[1])
+for i = 2, #ARGV do redis.call('ZADD', KEYS[1], 'XX', deadline, ARGV[i]) end
+return 1
+"""
+
+_LAPSED = """
+local t = redis.call('TIME')
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', t[1] * 1000 + math.floor(t[2] / 1000), 'LIMIT', 0, 100)
+"""
+
+_INTERRUPTED = Error("interrupted", "the replica running this task stopped before it finished", retryable=True)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _decode_entries(entries: list[Any]) -> EventBatch:
+    return [(_text(entry_id), decode_event(fields[b"e"])) for entry_id, fields in entries]
+
+
+class _Subscription:
+    __slots__ = ("backlog", "overflowed", "ready")
+
+    def __init__(self) -> None:
+        self.backlog: EventBatch = []
+        self.overflowed = False
+        self.ready = asyncio.Event()
+
+    def deliver(self, batch: EventBatch) -> None:
+        if self.overflowed:
+            return
+        if len(self.backlog) + len(batch) > SUBSCRIBER_BACKLOG:
+            self.backlog.clear()
+            self.overflowed = True
+        else:
+            self.backlog.extend(batch)
+        self.ready.set()
+
+    def take(self) -> EventBatch:
+        batch, self.backlog = self.backlog, []
+        self.ready.clear()
+        return batch
+
+
+class _Fanout:
+    """One blocking XREAD over every stream this replica's subscribers follow, fanned out in memory."""
+
+    def __init__(self, url: str, wake_key: str) -> None:
+        self._url = url
+        self._wake_key = wake_key
+        self._wake_cursor = "0-0"
+        self._wake_pending = False
+        self._subs: dict[str, set[_Subscription]] = {}
+        self._cursors: dict[str, str] = {}
+        self._idle = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._waker: redis.Redis | None = None
+
+    def start(self, waker: redis.Redis) -> None:
+        self._waker = waker
+        self._task = asyncio.create_task(self._run(), name="redis-fanout")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def subscribe(self, key: str, after: str) -> _Subscription:
+        sub = _Subscription()
+        subs = self._subs.get(key)
+        if subs is None:
+            self._subs[key] = {sub}
+            self._cursors[key] = after
+            await self._wake()
+        else:
+            subs.add(sub)
+        return sub
+
+    def unsubscribe(self, key: str, sub: _Subscription) -> None:
+        subs = self._subs.get(key)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._subs[key]
+                self._cursors.pop(key, None)
+
+    async def _wake(self) -> None:
+        self._idle.set()
+        if not self._wake_pending and self._waker is not None:
+            self._wake_pending = True
+            await self._waker.xadd(self._wake_key, {b"w": b"1"}, maxlen=16, approximate=True)
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        while True:
+            reader = redis.Redis.from_url(self._url, socket_timeout=None, socket_connect_timeout=5)
+            try:
+                while True:
+                    await self._read_once(reader)
+                    backoff = 0.1
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a lost connection must not end live reads: reconnect with backoff
+                log.warning("redis stream reader failed (%s); reconnecting in %.1fs", type(exc).__name__, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                await reader.aclose()
+
+    async def _read_once(self, reader: redis.Redis) -> None:
+        self._wake_pending = False
+        if not self._subs:
+            self._idle.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(BLOCK_MS / 1000):
+                    await self._idle.wait()
+            return
+        streams: dict[Any, Any] = {self._wake_key: self._wake_cursor, **self._cursors}
+        async with asyncio.timeout(BLOCK_MS / 1000 + 10):
+            response: Any = await reader.xread(streams, count=PAGE, block=BLOCK_MS)
+        for raw_key, entries in response or ():
+            key = _text(raw_key)
+            if not entries:
+                continue
+            if key == self._wake_key:
+                self._wake_cursor = _text(entries[-1][0])
+                continue
+            batch = _decode_entries(entries)
+            if key in self._cursors:
+                self._cursors[key] = batch[-1][0]
+            for sub in tuple(self._subs.get(key, ())):
+                sub.deliver(batch)
+
+
+class RedisStore:
+    def __init__(self, client: redis.Redis, url: str, *, prefix: str = "llmgw:", stream_ttl: int = 3600) -> None:
+        self._redis = client
+        self._prefix = prefix
+        self._stream_ttl = stream_ttl
+        self._fanout = _Fanout(url, f"{prefix}wake:{uuid.uuid4().hex}")
+        self._create = client.register_script(_CREATE)
+        self._start = client.register_script(_START)
+        self._finish = client.register_script(_FINISH)
+        self._renew = client.register_script(_RENEW)
+        self._lapsed = client.register_script(_LAPSED)
+        self._running_key = f"{prefix}running"
+        self._cancel_channel = f"{prefix}cancel"
+        self._fanout.start(client)
+
+    @classmethod
+    def from_url(cls, url: str, *, prefix: str = "llmgw:", stream_ttl: int = 3600) -> RedisStore:
+        client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30)
+        return cls(client, url, prefix=prefix, stream_ttl=stream_ttl)
+
+    def _task_key(self, task_id: str) -> str:
+        return f"{self._prefix}task:{task_id}"
+
+    def _events_key(self, task_id: str) -> str:
+        return f"{self._prefix}events:{task_id}"
+
+    async def ping(self) -> None:
+        async with asyncio.timeout(2):
+            await self._redis.ping()
+
+    async def create_task(self, task_id: str, *, fingerprint: str, model: str) -> tuple[TaskInfo, bool]:
+        reply = await self._create(
+            keys=[self._task_key(task_id)], args=[task_id, fingerprint, model, now_iso(), ACTIVE_TTL]
+        )
+        if reply == 1:
+            now = now_iso()
+            info = TaskInfo(
+                task_id=task_id, status="queued", created_at=now, updated_at=now, model=model, fingerprint=fingerprint
+            )
+            return info, True
+        return _task_info(dict(zip(reply[::2], reply[1::2], strict=True))), False
+
+    async def get_task(self, task_id: str) -> TaskInfo | None:
+        fields = await self._redis.hgetall(self._task_key(task_id))
+        return _task_info(fields) if fields else None
+
+    async def start_task(self, task_id: str, *, owner: str, lease_seconds: float, event: Event) -> str:
+        keys = [self._task_key(task_id), self._events_key(task_id), self._running_key]
+        args: list[str | bytes | int] = [
+            task_id,
+            owner,
+            int(lease_seconds * 1000),
+            now_iso(),
+            encode_event(event),
+            ACTIVE_TTL,
+        ]
+        reply = await self._start(keys=keys, args=args)
+        return "" if reply is None else _text(reply)
+
+    async def append(self, task_id: str, events: Sequence[Event]) -> str:
+        key = self._events_key(task_id)
+        if len(events) == 1:
+            return _text(await self._redis.xadd(key, {b"e": encode_event(events[0])}))
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for event in events:
+                pipe.xadd(key, {b"e": encode_event(event)})
+            ids = await pipe.execute()
+        return _text(ids[-1])
+
+    async def finish(self, task_id: str, event: Terminal, *, only_if_lapsed: bool = False) -> bool:
+        status, result, error = terminal_outcome(event)
+        keys = [self._task_key(task_id), self._events_key(task_id), self._running_key]
+        args = [
+            encode_event(event),
+            status,
+            msgspec.json.encode(result) if result else b"",
+            msgspec.json.encode(error) if error else b"",
+            now_iso(),
+            self._stream_ttl,
+            task_id,
+            "1" if only_if_lapsed else "",
+        ]
+        return (await self._finish(keys=keys, args=args)) is not None
+
+    async def read(self, task_id: str, after: str | None = None) -> EventBatch:
+        batch: EventBatch = []
+        while True:
+            page = await self._page(self._events_key(task_id), after)
+            batch.extend(page)
+            if len(page) < PAGE:
+                return batch
+            after = page[-1][0]
+
+    async def _page(self, key: str, after: str | None) -> EventBatch:
+        start = "-" if after is None else f"({after}"
+        entries: Any = await self._redis.xrange(key, start, "+", count=PAGE)
+        return _decode_entries(entries)
+
+    async def follow(
+        self, task_id: str, after: str | None = None, *, heartbeat: float = 15.0
+    ) -> AsyncIterator[EventBatch]:
+        key = self._events_key(task_id)
+        last = (0, 0) if after is None else parse_event_id(after)
+        sub = await self._fanout.subscribe(key, after or "0-0")
+        try:
+            catch_up = True
+            while True:
+                if catch_up:
+                    # What the reader delivered before we joined, or what a slow subscriber dropped.
+                    sub.overflowed = False
+                    sub.take()
+                    batch = await self._page(key, None if last == (0, 0) else f"{last[0]}-{last[1]}")
+                    catch_up = len(batch) == PAGE
+                elif sub.overflowed:
+                    catch_up = True
+                    continue
+                elif sub.backlog:
+                    batch = [item for item in sub.take() if parse_event_id(item[0]) > last]
+                else:
+                    try:
+                        async with asyncio.timeout(heartbeat):
+                            await sub.ready.wait()
+                    except TimeoutError:
+                        if not await self._redis.exists(key):
+                            return
+                        yield []
+                    continue
+                if batch:
+                    last = parse_event_id(batch[-1][0])
+                    yield batch
+                    if isinstance(batch[-1][1], Complete | Error):
+                        return
+        finally:
+            self._fanout.unsubscribe(key, sub)
+
+    async def renew_leases(self, task_ids: Sequence[str], *, owner: str, lease_seconds: float) -> None:
+        if task_ids:
+            await self._renew(keys=[self._running_key], args=[int(lease_seconds * 1000), *task_ids])
+
+    async def interrupt_lapsed(self) -> list[str]:
+        candidates = [_text(task_id) for task_id in await self._lapsed(keys=[self._running_key])]
+        return [task_id for task_id in candidates if await self.finish(task_id, _INTERRUPTED, only_if_lapsed=True)]
+
+    async def request_cancel(self, task_id: str) -> None:
+        await self._redis.publish(self._cancel_channel, task_id)
+
+    async def cancel_requests(self) -> AsyncIterator[str]:
+        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(self._cancel_channel)
+            while True:
+                message = await pubsub.get_message(timeout=5.0)
+                if message is not None and message["type"] == "message":
+                    yield _text(message["data"])
+        finally:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def close(self) -> None:
+        await self._fanout.stop()
+        await self._redis.aclose()
+
+
+def _task_info(fields: dict[Any, Any]) -> TaskInfo:
+    data = {_text(k): _text(v) for k, v in fields.items()}
+    result = msgspec.json.decode(data.pop("result")) if data.get("result") else None
+    error = msgspec.json.decode(data.pop("error")) if data.get("error") else None
+    data.pop("result", None)
+    data.pop("error", None)
+    return msgspec.convert({**data, "result": result, "error": error}, TaskInfo)

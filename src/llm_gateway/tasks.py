@@ -1,0 +1,198 @@
+"""TaskRunner: runs each generation as an owned asyncio task that writes its event log and status.
+
+Lifecycle: ``start()`` opens the lease/reaper loop and the cancel listener; ``submit()`` creates a task
+(idempotent by id) and starts its generation; ``shutdown()`` refuses new work, gives running generations
+``grace`` seconds, then ends the rest with ``error{interrupted}`` so no subscriber waits forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+
+import msgspec
+
+from .errors import Conflict, GatewayError, NotFound
+from .events import Complete, Error, Event, Start, TaskInfo, Terminal
+from .providers import GenerationRequest, Provider
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+ProviderResolver = Callable[[str], tuple[Provider, str]]
+
+
+def fingerprint(request: GenerationRequest) -> str:
+    """Equal requests (once parsed, whatever their key order) have equal fingerprints."""
+    return hashlib.sha256(msgspec.json.encode(request, order="sorted")).hexdigest()
+
+
+def new_task_id() -> str:
+    return str(uuid.uuid4())
+
+
+class TaskRunner:
+    def __init__(
+        self,
+        store: Store,
+        resolve: ProviderResolver,
+        *,
+        max_concurrent: int = 256,
+        lease_seconds: float = 5.0,
+        grace_seconds: float = 10.0,
+        replica_id: str | None = None,
+    ) -> None:
+        self.store = store
+        self.resolve = resolve
+        self.max_concurrent = max_concurrent
+        self.lease_seconds = lease_seconds
+        self.grace_seconds = grace_seconds
+        self.replica_id = replica_id or uuid.uuid4().hex[:12]
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._cancel_reasons: dict[str, str] = {}
+        self._reserved = 0
+        self._accepting = False
+        self._loops: list[asyncio.Task[None]] = []
+
+    @property
+    def running_count(self) -> int:
+        return len(self._running)
+
+    async def start(self) -> None:
+        self._accepting = True
+        self._loops = [
+            asyncio.create_task(self._supervise(self._lease_loop), name="lease-loop"),
+            asyncio.create_task(self._supervise(self._cancel_loop), name="cancel-listener"),
+        ]
+
+    async def submit(self, task_id: str | None, request: GenerationRequest) -> tuple[TaskInfo, bool]:
+        """Create and start a task; an existing id with an equal request returns that task (False)."""
+        if not self._accepting:
+            raise GatewayError("unavailable", "this replica is shutting down", retry_after=1)
+        provider, upstream_model = self.resolve(request.model)
+        if len(self._running) + self._reserved >= self.max_concurrent:
+            raise GatewayError("unavailable", "too many generations running on this replica", retry_after=1)
+        task_id = task_id or new_task_id()
+        self._reserved += 1
+        try:
+            info, created = await self.store.create_task(task_id, fingerprint=fingerprint(request), model=request.model)
+        finally:
+            self._reserved -= 1
+        if not created:
+            if info.fingerprint != fingerprint(request):
+                raise Conflict(f"task {task_id} exists with a different request")
+            return info, False
+        upstream = msgspec.structs.replace(request, model=upstream_model)
+        task = asyncio.create_task(self._generate(task_id, request.model, provider, upstream), name=f"task-{task_id}")
+        self._running[task_id] = task
+        task.add_done_callback(lambda _: self._running.pop(task_id, None))
+        return info, True
+
+    async def cancel(self, task_id: str) -> TaskInfo:
+        info = await self.store.get_task(task_id)
+        if info is None:
+            raise NotFound(f"no task {task_id}")
+        if info.finished:
+            raise Conflict(f"task {task_id} already finished ({info.status})")
+        if not self._cancel_local(task_id, "cancelled"):
+            await self.store.request_cancel(task_id)
+        return info
+
+    async def wait(self, task_id: str) -> Terminal:
+        """The task's terminal event, once it arrives (the lease guarantees it does)."""
+        async for batch in self.store.follow(task_id, heartbeat=self.lease_seconds):
+            if batch and isinstance(batch[-1][1], Complete | Error):
+                return batch[-1][1]
+        raise NotFound(f"no task {task_id}")
+
+    async def shutdown(self) -> None:
+        self._accepting = False
+        pending = set(self._running.values())
+        if pending:
+            log.info("waiting up to %.1fs for %d running generations", self.grace_seconds, len(pending))
+            _, pending = await asyncio.wait(pending, timeout=self.grace_seconds)
+        for task_id in list(self._running):
+            self._cancel_local(task_id, "interrupted")
+        if pending:
+            await asyncio.wait(pending, timeout=5.0)
+        for loop in self._loops:
+            loop.cancel()
+        for loop in self._loops:
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop
+        self._loops.clear()
+
+    def _cancel_local(self, task_id: str, reason: str) -> bool:
+        task = self._running.get(task_id)
+        if task is None:
+            return False
+        self._cancel_reasons.setdefault(task_id, reason)
+        task.cancel()
+        return True
+
+    async def _generate(self, task_id: str, model: str, provider: Provider, request: GenerationRequest) -> None:
+        terminal: Terminal | None = None
+        try:
+            started = await self.store.start_task(
+                task_id, owner=self.replica_id, lease_seconds=self.lease_seconds, event=Start(task_id, model)
+            )
+            if not started:
+                return
+            async for event in provider.stream(request):
+                if isinstance(event, Complete):
+                    terminal = Complete(event.text, event.stop_reason, event.usage, model)
+                    break
+                await self.store.append(task_id, (event,))
+            if terminal is None:
+                terminal = Error("upstream_error", "upstream ended without completing the message")
+        except GatewayError as exc:
+            terminal = Error(exc.type, exc.message, exc.retryable, exc.retry_after)
+        except asyncio.CancelledError:
+            reason = self._cancel_reasons.get(task_id, "interrupted")
+            message = "cancelled by request" if reason == "cancelled" else "the replica shut down before it finished"
+            terminal = Error(reason, message, reason == "interrupted")
+        except Exception:
+            log.exception("generation %s failed", task_id)
+            terminal = Error("internal", "internal error while generating")
+        finally:
+            self._cancel_reasons.pop(task_id, None)
+        await self._finish(task_id, terminal)
+
+    async def _finish(self, task_id: str, terminal: Terminal) -> None:
+        try:
+            async with asyncio.timeout(10):
+                await self.store.finish(task_id, terminal)
+        except Exception as exc:  # the store is down: the lease lapses and another replica ends the task
+            log.error("could not finish task %s: %s", task_id, type(exc).__name__)
+
+    async def _supervise(self, loop: Callable[[], Awaitable[None]]) -> None:
+        """Keep a background loop alive through store outages."""
+        while True:
+            try:
+                await loop()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("%s failed (%s: %s); restarting", loop.__name__, type(exc).__name__, exc)
+                await asyncio.sleep(1.0)
+
+    async def _lease_loop(self) -> None:
+        while True:
+            async with asyncio.timeout(self.lease_seconds):
+                await self.store.renew_leases(
+                    list(self._running), owner=self.replica_id, lease_seconds=self.lease_seconds
+                )
+                for task_id in await self.store.interrupt_lapsed():
+                    log.warning("task %s lost its replica; ended as interrupted", task_id)
+            await asyncio.sleep(self.lease_seconds / 3)
+
+    async def _cancel_loop(self) -> None:
+        async for task_id in self.store.cancel_requests():
+            self._cancel_local(task_id, "cancelled")
+
+
+EventSink = Callable[[Event], Awaitable[None]]
