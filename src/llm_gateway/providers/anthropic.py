@@ -7,9 +7,11 @@ from typing import Any, cast
 
 import anthropic
 import httpx2
+import msgspec
 
 from ..errors import GatewayError
 from ..events import Complete, Event, Text, TokenUsage, ToolCall, Usage
+from .anthropic_wire import SSEDecoder, WireEvent, decode_wire_event
 from .base import GenerationRequest, error_from_upstream
 
 
@@ -44,7 +46,7 @@ class AnthropicProvider:
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Event]:
         omit = anthropic.omit
         try:
-            stream: anthropic.AsyncStream[Any] = await self._client.messages.create(
+            async with self._client.messages.with_streaming_response.create(
                 model=request.model,
                 max_tokens=request.max_tokens,
                 messages=cast(Any, request.messages),
@@ -54,14 +56,20 @@ class AnthropicProvider:
                 tool_choice=cast(Any, request.tool_choice or omit),
                 # SDK 2.x has no temperature argument; send it only when the client gave one.
                 extra_body=None if request.temperature is None else {"temperature": request.temperature},
-            )
-            async with stream:
+            ) as response:
+                decoder = SSEDecoder()
                 mapper = StreamMapper(request.model)
-                async for raw in stream:
-                    for event in mapper.feed(raw):
+                async for chunk in response.iter_bytes():
+                    for event in mapper.feed_payloads(decoder.feed(chunk)):
                         yield event
-                if not mapper.stopped:
-                    raise GatewayError("upstream_error", "upstream stream ended before message_stop")
+                for event in mapper.feed_payloads(decoder.finish()):
+                    yield event
+                # The body was read to its end (just past message_stop): the connection goes back to the pool.
+            if mapper.complete is None:
+                raise GatewayError("upstream_error", "upstream stream ended before message_stop")
+            yield mapper.complete
+        except msgspec.DecodeError:
+            raise GatewayError("upstream_error", "upstream sent a malformed stream event") from None
         except anthropic.APIStatusError as exc:
             raise error_from_upstream(
                 exc.status_code, exc.type, exc.api_message or str(exc), exc.response.headers.get("retry-after")
@@ -75,7 +83,7 @@ class AnthropicProvider:
 
 
 class StreamMapper:
-    """Turns the SDK's raw stream events into ours; pure, so it is tested without a network."""
+    """Turns the Messages stream's events into ours; pure, so it is tested without a network."""
 
     def __init__(self, model: str) -> None:
         self.model = model
@@ -84,12 +92,21 @@ class StreamMapper:
         self.input_tokens = 0
         self.output_tokens = 0
         self.stop_reason: str | None = None
-        self.stopped = False
+        self.complete: Complete | None = None
 
-    def feed(self, raw: Any) -> list[Event]:
-        kind = raw.type
-        if kind == "content_block_delta":
-            delta = raw.delta
+    def feed_payloads(self, payloads: list[bytes]) -> list[Event]:
+        """Events for a run of SSE ``data`` payloads; the final ``complete`` is kept in ``self.complete``."""
+        events: list[Event] = []
+        for payload in payloads:
+            raw = decode_wire_event(payload)
+            if raw.type == "error" and raw.error is not None:
+                raise error_from_upstream(200, raw.error.type, raw.error.message)
+            events.extend(self.feed(raw))
+        return events
+
+    def feed(self, raw: WireEvent) -> list[Event]:
+        kind, delta = raw.type, raw.delta
+        if kind == "content_block_delta" and delta is not None:
             if delta.type == "text_delta":
                 self.parts.append(delta.text)
                 return [Text(raw.index, delta.text)]
@@ -97,7 +114,7 @@ class StreamMapper:
                 tool_id, name = self.tools.get(raw.index, ("", ""))
                 return [ToolCall(raw.index, tool_id, name, delta.partial_json)]
             return []
-        if kind == "content_block_start":
+        if kind == "content_block_start" and raw.content_block is not None:
             block = raw.content_block
             if block.type == "tool_use":
                 self.tools[raw.index] = (block.id, block.name)
@@ -106,24 +123,23 @@ class StreamMapper:
                 self.parts.append(block.text)
                 return [Text(raw.index, block.text)]
             return []
-        if kind == "message_start":
-            message = raw.message
-            self.model = message.model or self.model
-            usage = message.usage
+        if kind == "message_start" and raw.message is not None:
+            self.model = raw.message.model or self.model
+            usage = raw.message.usage
             self.input_tokens = (
                 (usage.input_tokens or 0)
-                + (getattr(usage, "cache_creation_input_tokens", None) or 0)
-                + (getattr(usage, "cache_read_input_tokens", None) or 0)
+                + (usage.cache_creation_input_tokens or 0)
+                + (usage.cache_read_input_tokens or 0)
             )
             self.output_tokens = usage.output_tokens or 0
             return []
         if kind == "message_delta":
-            self.stop_reason = raw.delta.stop_reason or self.stop_reason
-            if raw.usage is not None:
+            if delta is not None:
+                self.stop_reason = delta.stop_reason or self.stop_reason
+            if raw.usage is not None and raw.usage.output_tokens is not None:
                 self.output_tokens = raw.usage.output_tokens  # cumulative, never summed
             return [Usage(self.input_tokens, self.output_tokens)]
         if kind == "message_stop":
-            self.stopped = True
-            usage = TokenUsage(self.input_tokens, self.output_tokens)
-            return [Complete("".join(self.parts), self.stop_reason, usage, self.model)]
+            totals = TokenUsage(self.input_tokens, self.output_tokens)
+            self.complete = Complete("".join(self.parts), self.stop_reason, totals, self.model)
         return []
