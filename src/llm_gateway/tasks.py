@@ -35,6 +35,47 @@ def new_task_id() -> str:
     return str(uuid.uuid4())
 
 
+class LogWriter:
+    """Appends a generation's events behind it, so reading upstream never waits on the store.
+
+    Events that arrive while an append is in flight go out together in the next one: one round trip
+    per batch, not per delta. At ``limit`` pending events the generation waits (bounded memory).
+    """
+
+    def __init__(self, store: Store, task_id: str, *, limit: int = 1024) -> None:
+        self.store = store
+        self.task_id = task_id
+        self.limit = limit
+        self._pending: list[Event] = []
+        self._flushing: asyncio.Task[None] | None = None
+
+    async def write(self, event: Event) -> None:
+        self._pending.append(event)
+        if self._flushing is None:
+            self._flushing = asyncio.create_task(self._flush(), name=f"append-{self.task_id}")
+        elif len(self._pending) >= self.limit:
+            await asyncio.wait({self._flushing})
+            self._raise_failure()
+
+    async def drain(self) -> None:
+        """Wait until every written event is in the store; raise if an append failed."""
+        if self._flushing is not None:
+            await asyncio.wait({self._flushing})
+            self._raise_failure()
+
+    def _raise_failure(self) -> None:
+        if self._flushing is not None and self._flushing.done():
+            flushing, self._flushing = self._flushing, None
+            flushing.result()
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            async with asyncio.timeout(10):
+                await self.store.append(self.task_id, batch)
+        self._flushing = None
+
+
 class TaskRunner:
     def __init__(
         self,
@@ -136,6 +177,7 @@ class TaskRunner:
 
     async def _generate(self, task_id: str, model: str, provider: Provider, request: GenerationRequest) -> None:
         terminal: Terminal | None = None
+        writer = LogWriter(self.store, task_id)
         try:
             started = await self.store.start_task(
                 task_id, owner=self.replica_id, lease_seconds=self.lease_seconds, event=Start(task_id, model)
@@ -146,7 +188,7 @@ class TaskRunner:
                 if isinstance(event, Complete):
                     terminal = Complete(event.text, event.stop_reason, event.usage, model)
                     break
-                await self.store.append(task_id, (event,))
+                await writer.write(event)
             if terminal is None:
                 terminal = Error("upstream_error", "upstream ended without completing the message")
         except GatewayError as exc:
@@ -160,11 +202,13 @@ class TaskRunner:
             terminal = Error("internal", "internal error while generating")
         finally:
             self._cancel_reasons.pop(task_id, None)
-        await self._finish(task_id, terminal)
+        await self._finish(writer, terminal)
 
-    async def _finish(self, task_id: str, terminal: Terminal) -> None:
+    async def _finish(self, writer: LogWriter, terminal: Terminal) -> None:
+        task_id = writer.task_id
         try:
             async with asyncio.timeout(10):
+                await writer.drain()  # the terminal event goes after every event before it
                 await self.store.finish(task_id, terminal)
         except Exception as exc:  # the store is down: the lease lapses and another replica ends the task
             log.error("could not finish task %s: %s", task_id, type(exc).__name__)

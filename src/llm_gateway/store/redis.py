@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 ACTIVE_TTL = 24 * 3600  # a running task's keys outlive any generation; finished ones get STREAM_TTL_SECONDS
 PAGE = 1000
 BLOCK_MS = 5000
+COMMAND_TIMEOUT = 10.0
 SUBSCRIBER_BACKLOG = 4096  # events buffered for one slow subscriber before it falls back to XRANGE
 
 _CREATE = """
@@ -162,7 +163,8 @@ class _Fanout:
         self._idle.set()
         if not self._wake_pending and self._waker is not None:
             self._wake_pending = True
-            await self._waker.xadd(self._wake_key, {b"w": b"1"}, maxlen=16, approximate=True)
+            async with asyncio.timeout(COMMAND_TIMEOUT):
+                await self._waker.xadd(self._wake_key, {b"w": b"1"}, maxlen=16, approximate=True)
 
     async def _run(self) -> None:
         backoff = 0.1
@@ -223,7 +225,9 @@ class RedisStore:
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "llmgw:", stream_ttl: int = 3600) -> RedisStore:
-        client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30)
+        # No socket_timeout: on Python 3.11 redis-py wraps every read in wait_for, a Task per command. Callers
+        # bound their waits with asyncio.timeout instead (COMMAND_TIMEOUT here, the runner's own elsewhere).
+        client = redis.Redis.from_url(url, socket_timeout=None, socket_connect_timeout=5, health_check_interval=0)
         return cls(client, url, prefix=prefix, stream_ttl=stream_ttl)
 
     def _task_key(self, task_id: str) -> str:
@@ -238,7 +242,10 @@ class RedisStore:
 
     async def create_task(self, task_id: str, *, fingerprint: str, model: str) -> tuple[TaskInfo, bool]:
         now = now_iso()
-        reply = await self._create(keys=[self._task_key(task_id)], args=[task_id, fingerprint, model, now, ACTIVE_TTL])
+        async with asyncio.timeout(COMMAND_TIMEOUT):
+            reply = await self._create(
+                keys=[self._task_key(task_id)], args=[task_id, fingerprint, model, now, ACTIVE_TTL]
+            )
         if reply == 1:
             info = TaskInfo(
                 task_id=task_id, status="queued", created_at=now, updated_at=now, model=model, fingerprint=fingerprint
@@ -247,7 +254,8 @@ class RedisStore:
         return _task_info(dict(zip(reply[::2], reply[1::2], strict=True))), False
 
     async def get_task(self, task_id: str) -> TaskInfo | None:
-        fields = await self._redis.hgetall(self._task_key(task_id))
+        async with asyncio.timeout(COMMAND_TIMEOUT):
+            fields = await self._redis.hgetall(self._task_key(task_id))
         return _task_info(fields) if fields else None
 
     async def start_task(self, task_id: str, *, owner: str, lease_seconds: float, event: Event) -> str:
@@ -260,7 +268,8 @@ class RedisStore:
             encode_event(event),
             ACTIVE_TTL,
         ]
-        reply = await self._start(keys=keys, args=args)
+        async with asyncio.timeout(COMMAND_TIMEOUT):
+            reply = await self._start(keys=keys, args=args)
         return "" if reply is None else _text(reply)
 
     async def append(self, task_id: str, events: Sequence[Event]) -> str:
@@ -286,7 +295,8 @@ class RedisStore:
             task_id,
             "1" if only_if_lapsed else "",
         ]
-        return (await self._finish(keys=keys, args=args)) is not None
+        async with asyncio.timeout(COMMAND_TIMEOUT):
+            return (await self._finish(keys=keys, args=args)) is not None
 
     async def read(self, task_id: str, after: str | None = None) -> EventBatch:
         after = None if after is None else format_event_id(parse_event_id(after))
@@ -300,7 +310,8 @@ class RedisStore:
 
     async def _page(self, key: str, after: str | None) -> EventBatch:
         start = "-" if after is None else f"({after}"
-        entries: Any = await self._redis.xrange(key, start, "+", count=PAGE)
+        async with asyncio.timeout(COMMAND_TIMEOUT):
+            entries: Any = await self._redis.xrange(key, start, "+", count=PAGE)
         return _decode_entries(entries)
 
     async def follow(
@@ -328,8 +339,9 @@ class RedisStore:
                         async with asyncio.timeout(heartbeat):
                             await sub.ready.wait()
                     except TimeoutError:
-                        if not await self._redis.exists(key):
-                            return
+                        async with asyncio.timeout(COMMAND_TIMEOUT):
+                            if not await self._redis.exists(key):
+                                return
                         yield []
                     continue
                 if batch:
@@ -342,14 +354,17 @@ class RedisStore:
 
     async def renew_leases(self, task_ids: Sequence[str], *, owner: str, lease_seconds: float) -> None:
         if task_ids:
-            await self._renew(keys=[self._running_key], args=[int(lease_seconds * 1000), *task_ids])
+            async with asyncio.timeout(COMMAND_TIMEOUT):
+                await self._renew(keys=[self._running_key], args=[int(lease_seconds * 1000), *task_ids])
 
     async def interrupt_lapsed(self) -> list[str]:
-        candidates = [_text(task_id) for task_id in await self._lapsed(keys=[self._running_key])]
+        async with asyncio.timeout(COMMAND_TIMEOUT):
+            candidates = [_text(task_id) for task_id in await self._lapsed(keys=[self._running_key])]
         return [task_id for task_id in candidates if await self.finish(task_id, _INTERRUPTED, only_if_lapsed=True)]
 
     async def request_cancel(self, task_id: str) -> None:
-        await self._redis.publish(self._cancel_channel, task_id)
+        async with asyncio.timeout(COMMAND_TIMEOUT):
+            await self._redis.publish(self._cancel_channel, task_id)
 
     async def cancel_requests(self) -> AsyncIterator[str]:
         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
