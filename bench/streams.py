@@ -26,6 +26,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+LATENCY_STREAMS = 50
 
 
 def free_port() -> int:
@@ -91,7 +92,10 @@ async def one_gateway(client: httpx.AsyncClient, url: str, body: dict[str, objec
     return first
 
 
-async def run(name: str, url: str, pid: int, streams: int, concurrency: int, deltas: int, gateway: bool) -> Result:
+async def run(
+    name: str, url: str, pid: int, streams: int, concurrency: int, deltas: int, gateway: bool
+) -> tuple[Result, list[float]]:
+    """Throughput at ``concurrency``, then time to first event one stream at a time (no queueing)."""
     body: dict[str, object] = {
         "model": "claude-bench",
         "max_tokens": 1024,
@@ -112,7 +116,8 @@ async def run(name: str, url: str, pid: int, streams: int, concurrency: int, del
         cpu_before, wall_before = cpu_seconds(pid), time.perf_counter()
         ttfe = await asyncio.gather(*(bounded() for _ in range(streams)))
         wall, cpu = time.perf_counter() - wall_before, cpu_seconds(pid) - cpu_before
-    return Result(name, streams, wall, cpu, list(ttfe))
+        alone = [await one(client, url, body) for _ in range(LATENCY_STREAMS)]
+    return Result(name, streams, wall, cpu, list(ttfe)), alone
 
 
 def spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -152,10 +157,12 @@ def main() -> None:
             stores.append(("redis", f"redis://127.0.0.1:{redis_port}/0"))
 
         results = []
-        direct = asyncio.run(
+        latencies = []
+        direct, direct_alone = asyncio.run(
             run("direct to emulator", emu_url, emulator.pid, args.streams, args.concurrency, args.deltas, gateway=False)
         )
         results.append(direct)
+        latencies.append(direct_alone)
         for store_name, redis_url in stores:
             port = free_port()
             gw_env = {
@@ -174,7 +181,7 @@ def main() -> None:
             processes.append(gateway)
             gw_url = f"http://127.0.0.1:{port}"
             wait_for(f"{gw_url}/health")
-            result = asyncio.run(
+            result, alone = asyncio.run(
                 run(
                     f"gateway ({store_name})",
                     gw_url,
@@ -186,18 +193,21 @@ def main() -> None:
                 )
             )
             results.append(result)
+            latencies.append(alone)
             gateway.send_signal(signal.SIGTERM)
             gateway.wait(timeout=30)
 
         print(f"{args.streams} streams of {args.deltas} deltas, {args.concurrency} at a time")
         for result in results:
             print(result.row())
-        base = statistics.median(direct.ttfe)
-        for result in results[1:]:
-            added = (statistics.median(result.ttfe) - base) * 1000
-            ratio = statistics.median(result.ttfe) / base if base else float("nan")
+        base = statistics.median(direct_alone)
+        print(f"one stream at a time ({LATENCY_STREAMS} each): direct TTFE p50 {base * 1000:.2f} ms")
+        for result, alone in zip(results[1:], latencies[1:], strict=True):
+            added = (statistics.median(alone) - base) * 1000
+            ratio = statistics.median(alone) / base if base else float("nan")
             print(
-                f"{result.name}: adds {added:.2f} ms to the first event (x{ratio:.2f}), "
+                f"{result.name}: TTFE p50 {statistics.median(alone) * 1000:.2f} ms, "
+                f"adds {added:.2f} ms (x{ratio:.2f}); "
                 f"{result.cpu / result.streams * 1000:.2f} ms gateway CPU per stream, "
                 f"{result.streams / result.cpu:.0f} streams per CPU-second"
             )

