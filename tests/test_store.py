@@ -195,3 +195,49 @@ async def test_finished_redis_keys_get_the_stream_ttl(redis_url: str) -> None:
     finally:
         await client.aclose()
         await store.close()
+
+
+async def test_redis_follow_across_replicas_and_after_the_writer_stops(redis_url: str) -> None:
+    """B follows A's task through its XREAD; A's own follower gets it locally, then by XREAD once A's writer ends."""
+    from llm_gateway.store.redis import RedisStore
+
+    a = RedisStore.from_url(redis_url, prefix="xrep:")
+    b = RedisStore.from_url(redis_url, prefix="xrep:")
+    try:
+        await started(a)
+        on_a, on_b = asyncio.create_task(collect(a, "t1")), asyncio.create_task(collect(b, "t1"))
+        await asyncio.sleep(0.05)
+        for piece in "xyz":
+            await a.append("t1", [Text(0, piece)])
+        await a.finish("t1", Error("upstream_error", "boom"))  # A's writer is done...
+        # ...but had it not been, a reaper elsewhere could end the task: both must see it either way.
+        await started(a, "t2")
+        late_a = asyncio.create_task(collect(a, "t2"))
+        await asyncio.sleep(0.05)
+        await a.append("t2", [Text(0, "w")])
+        a._fanout._local.discard("xrep:events:t2")  # as if A's writer were gone without finishing
+        await a._fanout.local_end("xrep:events:t2")
+        await b.finish("t2", DONE)
+        expected = [Start("t1", "m"), Text(0, "x"), Text(0, "y"), Text(0, "z"), Error("upstream_error", "boom")]
+        assert [e for _, e in await on_a] == expected
+        assert [e for _, e in await on_b] == expected
+        assert [e for _, e in await late_a] == [Start("t2", "m"), Text(0, "w"), DONE]
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_redis_follower_drops_an_event_delivered_twice(redis_url: str) -> None:
+    from llm_gateway.store.redis import RedisStore
+
+    store = RedisStore.from_url(redis_url, prefix="dup:")
+    try:
+        await started(store)
+        follower = asyncio.create_task(collect(store, "t1"))
+        await asyncio.sleep(0.05)
+        event_id = await store.append("t1", [Text(0, "x")])
+        store._fanout.deliver("dup:events:t1", [(event_id, Text(0, "x"))])  # as its XREAD may, too
+        await store.finish("t1", DONE)
+        assert [e for _, e in await follower] == [Start("t1", "m"), Text(0, "x"), DONE]
+    finally:
+        await store.close()

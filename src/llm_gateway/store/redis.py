@@ -7,6 +7,8 @@ Layout (prefix ``llmgw:``): ``task:{id}`` hash, ``events:{id}`` stream (field ``
 Live reads: ``follow`` never blocks a connection of its own. It registers with ``_Fanout``, whose single
 ``XREAD BLOCK`` covers every followed stream. A new stream joins that read by an XADD to the wake stream,
 which is part of the same XREAD: unlike ``CLIENT UNBLOCK`` this cannot be lost in a race with the read.
+Streams of tasks running on this replica stay out of the XREAD: their writer hands each stored batch to
+local subscribers directly, and when the writer is done the stream joins the XREAD if anyone still follows.
 """
 
 from __future__ import annotations
@@ -126,6 +128,7 @@ class _Fanout:
         self._wake_pending = False
         self._subs: dict[str, set[_Subscription]] = {}
         self._cursors: dict[str, str] = {}
+        self._local: set[str] = set()
         self._idle = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._waker: redis.Redis | None = None
@@ -146,10 +149,27 @@ class _Fanout:
         if subs is None:
             self._subs[key] = {sub}
             self._cursors[key] = after
-            await self._wake()
+            if key not in self._local:
+                await self._wake()
         else:
             subs.add(sub)
         return sub
+
+    def local_start(self, key: str) -> None:
+        self._local.add(key)
+
+    async def local_end(self, key: str) -> None:
+        self._local.discard(key)
+        if key in self._subs:
+            await self._wake()  # someone still follows: read the rest (say, a reaper's terminal event) by XREAD
+
+    def deliver(self, key: str, batch: EventBatch) -> None:
+        """Hand a batch just stored by this replica to its local subscribers (they drop what they have)."""
+        subs = self._subs.get(key)
+        if subs:
+            self._cursors[key] = max(self._cursors[key], batch[-1][0], key=parse_event_id)
+            for sub in tuple(subs):
+                sub.deliver(batch)
 
     def unsubscribe(self, key: str, sub: _Subscription) -> None:
         subs = self._subs.get(key)
@@ -191,7 +211,8 @@ class _Fanout:
                 async with asyncio.timeout(BLOCK_MS / 1000):
                     await self._idle.wait()
             return
-        streams: dict[Any, Any] = {self._wake_key: self._wake_cursor, **self._cursors}
+        streams: dict[Any, Any] = {self._wake_key: self._wake_cursor}
+        streams.update((key, cursor) for key, cursor in self._cursors.items() if key not in self._local)
         async with asyncio.timeout(BLOCK_MS / 1000 + 10):
             response: Any = await reader.xread(streams, count=PAGE, block=BLOCK_MS)
         for raw_key, entries in response or ():
@@ -270,17 +291,25 @@ class RedisStore:
         ]
         async with asyncio.timeout(COMMAND_TIMEOUT):
             reply = await self._start(keys=keys, args=args)
-        return "" if reply is None else _text(reply)
+        if reply is None:
+            return ""
+        event_id = _text(reply)
+        self._fanout.local_start(keys[1])
+        self._fanout.deliver(keys[1], [(event_id, event)])
+        return event_id
 
     async def append(self, task_id: str, events: Sequence[Event]) -> str:
         key = self._events_key(task_id)
         if len(events) == 1:
-            return _text(await self._redis.xadd(key, {b"e": encode_event(events[0])}))
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for event in events:
-                pipe.xadd(key, {b"e": encode_event(event)})
-            ids = await pipe.execute()
-        return _text(ids[-1])
+            ids = [await self._redis.xadd(key, {b"e": encode_event(events[0])})]
+        else:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for event in events:
+                    pipe.xadd(key, {b"e": encode_event(event)})
+                ids = await pipe.execute()
+        batch = [(_text(event_id), event) for event_id, event in zip(ids, events, strict=True)]
+        self._fanout.deliver(key, batch)
+        return batch[-1][0]
 
     async def finish(self, task_id: str, event: Terminal, *, only_if_lapsed: bool = False) -> bool:
         status, result, error = terminal_outcome(event)
@@ -295,8 +324,15 @@ class RedisStore:
             task_id,
             "1" if only_if_lapsed else "",
         ]
-        async with asyncio.timeout(COMMAND_TIMEOUT):
-            return (await self._finish(keys=keys, args=args)) is not None
+        try:
+            async with asyncio.timeout(COMMAND_TIMEOUT):
+                reply = await self._finish(keys=keys, args=args)
+            if reply is not None:
+                self._fanout.deliver(keys[1], [(_text(reply), event)])
+            return reply is not None
+        finally:
+            if not only_if_lapsed:
+                await self._fanout.local_end(keys[1])
 
     async def read(self, task_id: str, after: str | None = None) -> EventBatch:
         after = None if after is None else format_event_id(parse_event_id(after))
@@ -333,7 +369,12 @@ class RedisStore:
                     catch_up = True
                     continue
                 elif sub.backlog:
-                    batch = [item for item in sub.take() if parse_event_id(item[0]) > last]
+                    batch = []
+                    seen = last
+                    for item in sub.take():  # the same event may come both locally and by XREAD
+                        if (item_key := parse_event_id(item[0])) > seen:
+                            batch.append(item)
+                            seen = item_key
                 else:
                     try:
                         async with asyncio.timeout(heartbeat):
