@@ -70,25 +70,41 @@ class Result:
         )
 
 
-async def one_direct(client: httpx.AsyncClient, url: str, body: dict[str, object]) -> float:
+class StreamFailed(RuntimeError):
+    pass
+
+
+def check(deltas: int, expected: int, ended: bool, name: str) -> None:
+    """A failed stream is cheap: never let one pass for a fast one."""
+    if deltas != expected or not ended:
+        raise StreamFailed(f"{name}: got {deltas}/{expected} deltas, ended cleanly: {ended}")
+
+
+async def one_direct(client: httpx.AsyncClient, url: str, body: dict[str, object], deltas: int) -> float:
     start = time.perf_counter()
-    first = 0.0
+    first, seen, ended = 0.0, 0, False
     async with client.stream("POST", f"{url}/v1/messages", json=body, headers={"x-api-key": "bench"}) as response:
         async for line in response.aiter_lines():
-            if not first and line.startswith("event: content_block_delta"):
-                first = time.perf_counter() - start
+            if line.startswith("event: content_block_delta"):
+                seen += 1
+                first = first or time.perf_counter() - start
+            ended = ended or line == "event: message_stop"
+    check(seen, deltas, ended, "direct")
     return first
 
 
-async def one_gateway(client: httpx.AsyncClient, url: str, body: dict[str, object]) -> float:
+async def one_gateway(client: httpx.AsyncClient, url: str, body: dict[str, object], deltas: int) -> float:
     start = time.perf_counter()
-    first = 0.0
+    first, seen, ended = 0.0, 0, False
     accepted = await client.post(f"{url}/api/claude/prompt/async", json={"prompt": body["prompt"]})
     task_id = accepted.json()["task_id"]
     async with client.stream("GET", f"{url}/api/claude/subscribe/{task_id}") as response:
         async for line in response.aiter_lines():
-            if not first and line.startswith("event: chunk"):
-                first = time.perf_counter() - start
+            if line.startswith("event: chunk"):
+                seen += 1
+                first = first or time.perf_counter() - start
+            ended = ended or line == "event: complete"
+    check(seen, deltas, ended, "gateway")
     return first
 
 
@@ -106,17 +122,17 @@ async def run(
     limits = httpx.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2)
     async with httpx.AsyncClient(limits=limits, timeout=60) as client:
         one = one_gateway if gateway else one_direct
-        await asyncio.gather(*(one(client, url, body) for _ in range(concurrency)))  # warm up connections
+        await asyncio.gather(*(one(client, url, body, deltas) for _ in range(concurrency)))  # warm up connections
         semaphore = asyncio.Semaphore(concurrency)
 
         async def bounded() -> float:
             async with semaphore:
-                return await one(client, url, body)
+                return await one(client, url, body, deltas)
 
         cpu_before, wall_before = cpu_seconds(pid), time.perf_counter()
         ttfe = await asyncio.gather(*(bounded() for _ in range(streams)))
         wall, cpu = time.perf_counter() - wall_before, cpu_seconds(pid) - cpu_before
-        alone = [await one(client, url, body) for _ in range(LATENCY_STREAMS)]
+        alone = [await one(client, url, body, deltas) for _ in range(LATENCY_STREAMS)]
     return Result(name, streams, wall, cpu, list(ttfe)), alone
 
 

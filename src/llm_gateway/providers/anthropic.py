@@ -13,6 +13,7 @@ from ..errors import GatewayError
 from ..events import Complete, Event, Text, TokenUsage, ToolCall, Usage
 from .anthropic_wire import SSEDecoder, WireEvent, decode_wire_event
 from .base import GenerationRequest, error_from_upstream
+from .transport import LeanTransport
 
 
 class AnthropicProvider:
@@ -37,6 +38,7 @@ class AnthropicProvider:
             base_url=base_url,
             timeout=timeout,
             max_retries=max_retries,
+            http_client=anthropic.DefaultAsyncHttpxClient(transport=LeanTransport(), timeout=timeout),
         )
         return cls(client)
 
