@@ -84,8 +84,12 @@ async def test_resume_with_last_event_id_header_and_query(gateway: str) -> None:
         middle = full[8].id
         by_header = await read_all(client, f"/api/claude/subscribe/{task_id}", headers={"Last-Event-ID": middle})
         by_query = await read_all(client, f"/api/claude/subscribe/{task_id}?last_event_id={middle}")
+        after_the_end = await client.get(
+            f"/api/claude/subscribe/{task_id}", headers={"Last-Event-ID": full[-1].id or ""}
+        )
     assert [(f.id, f.data) for f in by_header] == [(f.id, f.data) for f in full[9:]]
     assert [(f.id, f.data) for f in by_query] == [(f.id, f.data) for f in full[9:]]
+    assert after_the_end.status_code == 204, "EventSource stops reconnecting on 204"
 
 
 async def test_client_disconnect_does_not_stop_the_task(gateway: str, emulator: Emulator) -> None:
@@ -226,6 +230,7 @@ async def test_upstream_stall_ends_upstream_timeout(gateway_factory: GatewayFact
         (b'{"prompt": "hi", "max_tokens": 0}', 422, ["body", "max_tokens"]),
         (b'{"prompt": "hi", "temperature": 1.5}', 422, ["body", "temperature"]),
         (b'{"prompt": "hi", "messages": [{"role": "robot", "content": "x"}]}', 422, ["body", "messages", "0", "role"]),
+        (b'{"prompt": "hi", "tools": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400, None),
     ],
 )
 async def test_bad_input_gets_the_error_shape(gateway: str, body: bytes, status: int, loc: list[str] | None) -> None:
@@ -272,7 +277,7 @@ async def test_unknown_task_and_malformed_last_event_id(gateway: str) -> None:
     assert malformed.status_code == 400 and malformed.json()["type"] == "invalid_request"
     assert bad_format.status_code == 400
     assert unknown_path.status_code == 404 and unknown_path.json()["success"] is False
-    assert wrong_method.status_code == 405 and wrong_method.json()["success"] is False
+    assert wrong_method.status_code == 405 and wrong_method.json()["type"] == "invalid_request"
 
 
 async def test_concurrency_cap_answers_503(gateway_factory: GatewayFactory) -> None:
@@ -303,6 +308,24 @@ async def test_client_api_keys(gateway_factory: GatewayFactory) -> None:
     assert bearer.status_code == 404 and header.status_code == 404  # authorised; the task just doesn't exist
 
 
+async def test_client_keys_in_websocket_urls_stay_out_of_logs(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from llm_gateway.app import RedactKeysFilter
+
+    record = logging.LogRecord(
+        "uvicorn.error",
+        logging.INFO,
+        "",
+        0,
+        '%s - "WebSocket %s" [accepted]',
+        ("127.0.0.1:5", "/api/claude/ws/t?after=1-0&api_key=s3cr3t-client-key"),
+        None,
+    )
+    assert RedactKeysFilter().filter(record)
+    assert "s3cr3t" not in record.getMessage() and "api_key=***" in record.getMessage()
+
+
 async def test_info_health_and_auth_status(gateway: str) -> None:
     async with httpx.AsyncClient(base_url=gateway) as client:
         index = (await client.get("/")).json()
@@ -315,10 +338,19 @@ async def test_info_health_and_auth_status(gateway: str) -> None:
     assert "0123456789abcdefghij" not in json.dumps(auth)
 
 
-async def test_health_is_503_when_redis_is_down(gateway_factory: GatewayFactory) -> None:
+async def test_store_down_is_503_not_500(gateway_factory: GatewayFactory) -> None:
     async with gateway_factory(redis_url="redis://127.0.0.1:1/0") as url, httpx.AsyncClient(base_url=url) as client:
         health = await client.get("/health")
+        answers = [
+            await client.post("/api/claude/prompt/async", json={"prompt": "x"}),
+            await client.get("/api/claude/task/t"),
+            await client.get("/api/claude/subscribe/t"),
+            await client.delete("/api/claude/task/t"),
+        ]
     assert health.status_code == 503 and health.json()["store"]["reachable"] is False
+    for answer in answers:
+        assert answer.status_code == 503 and answer.json()["type"] == "unavailable", answer.text
+        assert answer.headers["retry-after"] == "1"
 
 
 async def test_unconfigured_upstream_is_503(emulator: Emulator) -> None:

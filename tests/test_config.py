@@ -71,3 +71,16 @@ def test_cli_refuses_bad_settings_with_a_clear_message() -> None:
     )
     assert result.returncode == 2
     assert "WORKERS=3 needs REDIS_URL" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cli_reads_the_env_file_it_is_given(tmp_path: Path) -> None:
+    env_file = tmp_path / "prod.env"
+    env_file.write_text("WORKERS=4\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "llm_gateway", "--env-file", str(env_file)],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2 and "WORKERS=4 needs REDIS_URL" in result.stderr

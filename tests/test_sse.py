@@ -49,11 +49,11 @@ async def test_a_disconnect_ends_the_response_and_closes_the_body() -> None:
 
 async def test_keepalive_comments_while_the_log_is_idle() -> None:
     store = MemoryStore()
-    await store.create_task("t", fingerprint="", model="m")
+    await store.create_task("t", fingerprint="", model="m", lease_seconds=5)
     await store.start_task("t", owner="r", lease_seconds=5, event=Start("t", "m"))
     stream = frames(store, "t", None, render_native, heartbeat=0.05)
     got = [await anext(stream) for _ in range(4)]
-    await store.append("t", [Text(0, "a\nb")])
+    await store.append("t", [Text(0, "a\nb")], owner="r")
     got.append(await anext(stream))
     await aclose(stream)
     assert got[0] == b": connected\n\n"

@@ -8,14 +8,15 @@ import pytest
 
 from llm_gateway.errors import InvalidRequest
 from llm_gateway.events import Complete, Error, Event, Start, Text, TokenUsage
-from llm_gateway.store import Store, parse_event_id
+from llm_gateway.sse import aclose
+from llm_gateway.store import EventBatch, Store, TaskEnded, parse_event_id
 from llm_gateway.store.memory import MemoryStore
 
 DONE = Complete("ab", "end_turn", TokenUsage(1, 2), "m")
 
 
 async def started(store: Store, task_id: str = "t1") -> str:
-    await store.create_task(task_id, fingerprint="f", model="m")
+    await store.create_task(task_id, fingerprint="f", model="m", lease_seconds=5)
     return await store.start_task(task_id, owner="r1", lease_seconds=5, event=Start(task_id, "m"))
 
 
@@ -28,9 +29,9 @@ async def collect(store: Store, task_id: str, after: str | None = None) -> list[
 
 
 async def test_create_is_idempotent(store: Store) -> None:
-    info, created = await store.create_task("t1", fingerprint="f1", model="m")
+    info, created = await store.create_task("t1", fingerprint="f1", model="m", lease_seconds=5)
     assert created and info.status == "queued" and info.fingerprint == "f1"
-    again, created_again = await store.create_task("t1", fingerprint="other", model="m")
+    again, created_again = await store.create_task("t1", fingerprint="other", model="m", lease_seconds=5)
     assert not created_again
     assert again.fingerprint == "f1" and again.created_at == info.created_at
 
@@ -43,8 +44,8 @@ async def test_unknown_task(store: Store) -> None:
 async def test_append_read_after_and_finish(store: Store) -> None:
     first = await started(store)
     assert (await store.get_task("t1")).status == "running"  # type: ignore[union-attr]
-    await store.append("t1", [Text(0, "a")])
-    last = await store.append("t1", [Text(0, "b"), Text(0, "c")])
+    await store.append("t1", [Text(0, "a")], owner="r1")
+    last = await store.append("t1", [Text(0, "b"), Text(0, "c")], owner="r1")
     assert await store.finish("t1", DONE)
     events = await store.read("t1")
     ids = [event_id for event_id, _ in events]
@@ -68,18 +69,18 @@ async def test_terminal_status_never_changes(store: Store) -> None:
 
 
 async def test_start_refused_once_finished(store: Store) -> None:
-    await store.create_task("t1", fingerprint="f", model="m")
+    await store.create_task("t1", fingerprint="f", model="m", lease_seconds=5)
     assert await store.finish("t1", Error("cancelled", "before it started"))
     assert await store.start_task("t1", owner="r1", lease_seconds=5, event=Start("t1", "m")) == ""
 
 
 async def test_follow_replays_then_goes_live(store: Store) -> None:
     await started(store)
-    await store.append("t1", [Text(0, "a")])
+    await store.append("t1", [Text(0, "a")], owner="r1")
     follower = asyncio.create_task(collect(store, "t1"))
     await asyncio.sleep(0.05)
     for piece in "bcd":
-        await store.append("t1", [Text(0, piece)])
+        await store.append("t1", [Text(0, piece)], owner="r1")
         await asyncio.sleep(0.01)
     await store.finish("t1", DONE)
     events = [event for _, event in await follower]
@@ -88,10 +89,10 @@ async def test_follow_replays_then_goes_live(store: Store) -> None:
 
 async def test_follow_after_an_id_has_no_gap_and_no_duplicate(store: Store) -> None:
     await started(store)
-    ids = [await store.append("t1", [Text(0, str(i))]) for i in range(5)]
+    ids = [await store.append("t1", [Text(0, str(i))], owner="r1") for i in range(5)]
     followers = [asyncio.create_task(collect(store, "t1", after=ids[2])) for _ in range(3)]
     await asyncio.sleep(0.05)
-    await store.append("t1", [Text(0, "5")])
+    await store.append("t1", [Text(0, "5")], owner="r1")
     await store.finish("t1", DONE)
     for follower in followers:
         assert [e for _, e in await follower] == [Text(0, "3"), Text(0, "4"), Text(0, "5"), DONE]
@@ -123,7 +124,7 @@ async def test_many_tasks_followed_at_once(store: Store) -> None:
     await asyncio.sleep(0.05)
     for round_ in range(3):
         for task_id in task_ids:
-            await store.append(task_id, [Text(0, f"{task_id}-{round_}")])
+            await store.append(task_id, [Text(0, f"{task_id}-{round_}")], owner="r1")
     for task_id in task_ids:
         await store.finish(task_id, DONE)
     for task_id, follower in followers.items():
@@ -132,9 +133,9 @@ async def test_many_tasks_followed_at_once(store: Store) -> None:
 
 
 async def test_lapsed_lease_ends_interrupted(store: Store) -> None:
-    await store.create_task("t1", fingerprint="f", model="m")
+    await store.create_task("t1", fingerprint="f", model="m", lease_seconds=5)
     await store.start_task("t1", owner="r1", lease_seconds=0.2, event=Start("t1", "m"))
-    await store.create_task("t2", fingerprint="f", model="m")
+    await store.create_task("t2", fingerprint="f", model="m", lease_seconds=5)
     await store.start_task("t2", owner="r1", lease_seconds=0.2, event=Start("t2", "m"))
     assert await store.interrupt_lapsed() == []
     await asyncio.sleep(0.15)
@@ -157,6 +158,9 @@ async def test_cancel_requests_reach_listeners(store: Store) -> None:
 
     listener = asyncio.create_task(listen())
     await asyncio.sleep(0.1)  # let the subscription land
+    if isinstance(store, MemoryStore):
+        assert listener.done(), "one process: nothing to push, the runner cancels its own tasks"
+        return
     await store.request_cancel("t9")
     async with asyncio.timeout(5):
         assert await received.get() == "t9"
@@ -208,13 +212,13 @@ async def test_redis_follow_across_replicas_and_after_the_writer_stops(redis_url
         on_a, on_b = asyncio.create_task(collect(a, "t1")), asyncio.create_task(collect(b, "t1"))
         await asyncio.sleep(0.05)
         for piece in "xyz":
-            await a.append("t1", [Text(0, piece)])
+            await a.append("t1", [Text(0, piece)], owner="r1")
         await a.finish("t1", Error("upstream_error", "boom"))  # A's writer is done...
         # ...but had it not been, a reaper elsewhere could end the task: both must see it either way.
         await started(a, "t2")
         late_a = asyncio.create_task(collect(a, "t2"))
         await asyncio.sleep(0.05)
-        await a.append("t2", [Text(0, "w")])
+        await a.append("t2", [Text(0, "w")], owner="r1")
         a._fanout._local.discard("xrep:events:t2")  # as if A's writer were gone without finishing
         await a._fanout.local_end("xrep:events:t2")
         await b.finish("t2", DONE)
@@ -235,9 +239,71 @@ async def test_redis_follower_drops_an_event_delivered_twice(redis_url: str) -> 
         await started(store)
         follower = asyncio.create_task(collect(store, "t1"))
         await asyncio.sleep(0.05)
-        event_id = await store.append("t1", [Text(0, "x")])
+        event_id = await store.append("t1", [Text(0, "x")], owner="r1")
         store._fanout.deliver("dup:events:t1", [(event_id, Text(0, "x"))])  # as its XREAD may, too
         await store.finish("t1", DONE)
         assert [e for _, e in await follower] == [Start("t1", "m"), Text(0, "x"), DONE]
     finally:
         await store.close()
+
+
+async def test_no_event_follows_the_terminal_one(store: Store) -> None:
+    await started(store)
+    with pytest.raises(TaskEnded):
+        await store.append("t1", [Text(0, "x")], owner="another-replica")
+    assert await store.finish("t1", Error("interrupted", "reaped"))
+    with pytest.raises(TaskEnded):
+        await store.append("t1", [Text(0, "late")], owner="r1")
+    assert [e for _, e in await store.read("t1")] == [Start("t1", "m"), Error("interrupted", "reaped")]
+
+
+async def test_resuming_at_the_terminal_event_ends_at_once(store: Store) -> None:
+    await started(store)
+    await store.finish("t1", DONE)
+    last_id = (await store.read("t1"))[-1][0]
+    assert await collect(store, "t1", after=last_id) == []
+
+
+async def test_a_queued_task_whose_replica_died_ends_interrupted(store: Store) -> None:
+    await store.create_task("t1", fingerprint="f", model="m", lease_seconds=0.1)
+    await asyncio.sleep(0.15)
+    assert await store.interrupt_lapsed() == ["t1"]
+    info = await store.get_task("t1")
+    assert info is not None and info.status == "interrupted"
+
+
+async def test_a_cancel_request_is_seen_at_renewal(store: Store) -> None:
+    await started(store, "t1")
+    await started(store, "t2")
+    await store.request_cancel("t2")
+    await store.request_cancel("never-existed")
+    assert await store.renew_leases(["t1", "t2"], owner="r1", lease_seconds=5) == ["t2"]
+    assert await store.get_task("never-existed") is None
+
+
+async def test_redis_a_follower_far_ahead_does_not_starve_the_others(redis_url: str) -> None:
+    from llm_gateway.store.redis import RedisStore
+
+    writer = RedisStore.from_url(redis_url, prefix="ahead:")
+    reader = RedisStore.from_url(redis_url, prefix="ahead:")
+    try:
+        await started(writer)
+        ahead = reader.follow("t1", after="99999999999999-0", heartbeat=0.2)
+
+        async def first_of_ahead() -> EventBatch:
+            return await anext(ahead)
+
+        ahead_task = asyncio.create_task(first_of_ahead())
+        await asyncio.sleep(0.05)
+        normal = asyncio.create_task(collect(reader, "t1"))
+        await asyncio.sleep(0.05)
+        await writer.append("t1", [Text(0, "a")], owner="r1")
+        await writer.finish("t1", DONE)
+        assert [e for _, e in await normal] == [Start("t1", "m"), Text(0, "a"), DONE]
+        ahead_task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await ahead_task
+        await aclose(ahead)
+    finally:
+        await writer.close()
+        await reader.close()

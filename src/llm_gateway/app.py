@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import hmac
 import logging
+import re
 from collections.abc import AsyncIterator
 from urllib.parse import parse_qs
 
+from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -28,6 +30,24 @@ from .tasks import TaskRunner
 log = logging.getLogger("llm_gateway")
 
 OPEN_PATHS = frozenset({"/", "/health", "/docs", "/redoc", "/openapi.json"})
+
+
+class RedactKeysFilter(logging.Filter):
+    """Keeps ``?api_key=`` (how browsers' WebSockets send a client key) out of uvicorn's request lines."""
+
+    pattern = re.compile(r"(api_key=)[^&\s\"']+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(self.pattern.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args)
+        return True
+
+
+def redact_client_keys_in_logs() -> None:
+    for name in ("uvicorn.access", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactKeysFilter) for f in logger.filters):
+            logger.addFilter(RedactKeysFilter())
 
 
 class ClientKeyMiddleware:
@@ -72,15 +92,20 @@ async def gateway_error(request: Request, exc: Exception) -> Response:
 
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    kinds = {404: "not_found", 405: "method_not_allowed"}
+    kinds = {404: "not_found"}
     message = {404: f"no route for {request.url.path}", 405: f"{request.method} not allowed here"}
     error = GatewayError(kinds.get(exc.status_code, "invalid_request"), message.get(exc.status_code, str(exc.detail)))
     error.status = exc.status_code
     return error_response(error)
 
 
+async def store_unavailable(request: Request, exc: Exception) -> Response:
+    log.warning("store unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+    return error_response(GatewayError("unavailable", "the store is unavailable; try again shortly", retry_after=1))
+
+
 async def internal_error(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    # Starlette re-raises after this answer, and uvicorn logs the traceback: not logged twice here.
     return error_response(GatewayError("internal", "internal server error"))
 
 
@@ -88,6 +113,7 @@ def create_app(
     settings: Settings | None = None, *, store: Store | None = None, providers: Providers | None = None
 ) -> Starlette:
     settings = settings or from_env()
+    redact_client_keys_in_logs()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -124,6 +150,12 @@ def create_app(
     return Starlette(
         routes=[*meta.routes, *claude.routes],
         middleware=middleware,
-        exception_handlers={GatewayError: gateway_error, HTTPException: http_error, Exception: internal_error},
+        exception_handlers={
+            GatewayError: gateway_error,
+            HTTPException: http_error,
+            RedisError: store_unavailable,
+            TimeoutError: store_unavailable,  # every store call is bounded by asyncio.timeout
+            Exception: internal_error,
+        },
         lifespan=lifespan,
     )

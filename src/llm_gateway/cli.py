@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import uvicorn
 
-from .config import ConfigError, Settings, from_env
+from .config import ConfigError, Settings, from_env, parse_env_file
 
 DEMO_KEY = "demo-key-not-a-secret"
 
@@ -91,8 +91,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         app = create_emulator_app(deltas=args.deltas, delay=args.delay, api_key=args.api_key)
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning", lifespan="off")
         return 0
+    # The file goes into the environment (which wins over it), so every worker process sees it too.
+    if args.env_file and os.path.isfile(args.env_file):
+        with open(args.env_file, encoding="utf-8") as env_file:
+            for key, value in parse_env_file(env_file.read()).items():
+                os.environ.setdefault(key, value)
     try:
-        settings = from_env(os.environ, env_file=args.env_file)
+        settings = from_env(os.environ, env_file=None)
     except ConfigError as exc:
         print(f"llm-gateway: {exc}", file=sys.stderr)
         return 2

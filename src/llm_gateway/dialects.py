@@ -52,12 +52,7 @@ def native_payload(event: Event) -> tuple[str, Any]:
         case Text(text=text):
             return "chunk", NativeChunk(text)
         case ToolCall():
-            return "tool_call", {
-                "index": event.index,
-                "id": event.id,
-                "name": event.name,
-                "args_delta": event.args_delta,
-            }
+            return "tool_call", NativeToolCall(event.index, event.id, event.name, event.args_delta)
         case Start(task_id=task_id, model=model):
             return "start", NativeStart(task_id, model)
         case Usage(input_tokens=input_tokens, output_tokens=output_tokens):

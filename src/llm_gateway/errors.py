@@ -20,7 +20,6 @@ STATUS_BY_TYPE: dict[str, int] = {
     "invalid_request": 400,
     "unauthorized": 401,
     "not_found": 404,
-    "method_not_allowed": 405,
     "conflict": 409,
     "payload_too_large": 413,
     "rate_limited": 429,
@@ -31,7 +30,7 @@ STATUS_BY_TYPE: dict[str, int] = {
     "upstream_error": 502,
     "unavailable": 503,
     "internal": 500,
-    "cancelled": 499,
+    "cancelled": 409,  # a waiting client (POST /api/claude/prompt) whose task someone cancelled
     "interrupted": 503,
 }
 

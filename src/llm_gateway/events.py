@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import msgspec
 
@@ -104,7 +104,3 @@ def terminal_outcome(event: Terminal) -> tuple[Status, TaskResult | None, TaskEr
     if event.type in ("cancelled", "interrupted"):
         status = "cancelled" if event.type == "cancelled" else "interrupted"
     return status, None, TaskError(event.type, event.message)
-
-
-def to_builtins(value: Any) -> Any:
-    return msgspec.to_builtins(value)

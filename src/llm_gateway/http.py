@@ -47,6 +47,8 @@ async def read_json(request: Request, model: type[T], max_bytes: int) -> T:
         data = msgspec.json.decode(raw)
     except msgspec.DecodeError as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidRequest("request body is nested too deeply") from None
     return validate(data, model)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -97,7 +98,7 @@ class EventStreamResponse(Response):
             await aclose(self.body_iterator)
 
 
-async def aclose(iterator: AsyncIterator[bytes]) -> None:
+async def aclose(iterator: AsyncIterator[Any]) -> None:
     close = getattr(iterator, "aclose", None)
     if close is not None:
         await close()

@@ -19,7 +19,7 @@ import msgspec
 from .errors import Conflict, GatewayError, NotFound
 from .events import Complete, Error, Event, Start, TaskInfo, Terminal
 from .providers import GenerationRequest, Provider
-from .store import Store
+from .store import Store, TaskEnded
 
 log = logging.getLogger(__name__)
 
@@ -39,41 +39,48 @@ class LogWriter:
     """Appends a generation's events behind it, so reading upstream never waits on the store.
 
     Events that arrive while an append is in flight go out together in the next one: one round trip
-    per batch, not per delta. At ``limit`` pending events the generation waits (bounded memory).
+    per batch, not per delta. At ``limit`` pending events the generation waits (bounded memory). After a
+    failed append nothing more is written (the log would have a gap) and ``write`` raises at once.
     """
 
-    def __init__(self, store: Store, task_id: str, *, limit: int = 1024) -> None:
+    def __init__(self, store: Store, task_id: str, owner: str, *, limit: int = 1024) -> None:
         self.store = store
         self.task_id = task_id
+        self.owner = owner
         self.limit = limit
         self._pending: list[Event] = []
         self._flushing: asyncio.Task[None] | None = None
+        self._failure: BaseException | None = None
 
     async def write(self, event: Event) -> None:
+        if self._failure is not None:
+            raise self._failure
         self._pending.append(event)
         if self._flushing is None:
             self._flushing = asyncio.create_task(self._flush(), name=f"append-{self.task_id}")
         elif len(self._pending) >= self.limit:
             await asyncio.wait({self._flushing})
-            self._raise_failure()
+            if self._failure is not None:
+                raise self._failure
 
     async def drain(self) -> None:
-        """Wait until every written event is in the store; raise if an append failed."""
+        """Wait until every written event is stored; raise if an append failed."""
         if self._flushing is not None:
             await asyncio.wait({self._flushing})
-            self._raise_failure()
-
-    def _raise_failure(self) -> None:
-        if self._flushing is not None and self._flushing.done():
-            flushing, self._flushing = self._flushing, None
-            flushing.result()
+        if self._failure is not None:
+            raise self._failure
 
     async def _flush(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending, []
-            async with asyncio.timeout(10):
-                await self.store.append(self.task_id, batch)
-        self._flushing = None
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                async with asyncio.timeout(10):
+                    await self.store.append(self.task_id, batch, owner=self.owner)
+        except Exception as exc:
+            self._failure = exc
+            self._pending.clear()
+        finally:
+            self._flushing = None
 
 
 class TaskRunner:
@@ -95,6 +102,7 @@ class TaskRunner:
         self.replica_id = replica_id or uuid.uuid4().hex[:12]
         self._running: dict[str, asyncio.Task[None]] = {}
         self._cancel_reasons: dict[str, str] = {}
+        self._finishing: set[str] = set()
         self._reserved = 0
         self._accepting = False
         self._loops: list[asyncio.Task[None]] = []
@@ -120,7 +128,9 @@ class TaskRunner:
         task_id = task_id or new_task_id()
         self._reserved += 1
         try:
-            info, created = await self.store.create_task(task_id, fingerprint=fingerprint(request), model=request.model)
+            info, created = await self.store.create_task(
+                task_id, fingerprint=fingerprint(request), model=request.model, lease_seconds=self.lease_seconds
+            )
         finally:
             self._reserved -= 1
         if not created:
@@ -171,72 +181,120 @@ class TaskRunner:
         task = self._running.get(task_id)
         if task is None:
             return False
-        self._cancel_reasons.setdefault(task_id, reason)
-        task.cancel()
+        if task_id not in self._finishing:
+            self._cancel_reasons.setdefault(task_id, reason)
+            task.cancel()
         return True
 
     async def _generate(self, task_id: str, model: str, provider: Provider, request: GenerationRequest) -> None:
-        terminal: Terminal | None = None
-        writer = LogWriter(self.store, task_id)
+        writer = LogWriter(self.store, task_id, self.replica_id)
+        terminal: Terminal | None
         try:
-            started = await self.store.start_task(
-                task_id, owner=self.replica_id, lease_seconds=self.lease_seconds, event=Start(task_id, model)
-            )
-            if not started:
-                return
-            async for event in provider.stream(request):
-                if isinstance(event, Complete):
-                    terminal = Complete(event.text, event.stop_reason, event.usage, model)
-                    break
-                await writer.write(event)
-            if terminal is None:
-                terminal = Error("upstream_error", "upstream ended without completing the message")
+            terminal = await self._run_upstream(task_id, model, provider, request, writer)
         except GatewayError as exc:
             terminal = Error(exc.type, exc.message, exc.retryable, exc.retry_after)
         except asyncio.CancelledError:
+            _uncancel()
             reason = self._cancel_reasons.get(task_id, "interrupted")
             message = "cancelled by request" if reason == "cancelled" else "the replica shut down before it finished"
             terminal = Error(reason, message, reason == "interrupted")
         except Exception:
             log.exception("generation %s failed", task_id)
             terminal = Error("internal", "internal error while generating")
+        # From here on the task only writes its terminal event: a second cancel must not stop that.
+        self._finishing.add(task_id)
+        self._cancel_reasons.pop(task_id, None)
+        try:
+            await self._finish(writer, terminal)
         finally:
-            self._cancel_reasons.pop(task_id, None)
-        await self._finish(writer, terminal)
+            self._finishing.discard(task_id)
+            await self._release(task_id)
 
-    async def _finish(self, writer: LogWriter, terminal: Terminal) -> None:
+    async def _run_upstream(
+        self, task_id: str, model: str, provider: Provider, request: GenerationRequest, writer: LogWriter
+    ) -> Terminal | None:
+        """Stream the answer into the log; the terminal event to write, or None if the task ended elsewhere."""
+        try:
+            started = await self.store.start_task(
+                task_id, owner=self.replica_id, lease_seconds=self.lease_seconds, event=Start(task_id, model)
+            )
+            if not started:
+                return None
+            async for event in provider.stream(request):
+                if isinstance(event, Complete):
+                    return Complete(event.text, event.stop_reason, event.usage, model)
+                await writer.write(event)
+        except TaskEnded:
+            log.warning("task %s was ended elsewhere (its lease lapsed); generation stopped", task_id)
+            return None
+        return Error("upstream_error", "upstream ended without completing the message")
+
+    async def _finish(self, writer: LogWriter, terminal: Terminal | None) -> None:
+        """Write the terminal event after every event before it, shielded from further cancellation."""
+        if terminal is None:
+            return
+        finishing = asyncio.ensure_future(self._write_terminal(writer, terminal))
+        while not finishing.done():
+            try:
+                await asyncio.shield(finishing)
+            except asyncio.CancelledError:
+                _uncancel()
+
+    async def _write_terminal(self, writer: LogWriter, terminal: Terminal) -> None:
         task_id = writer.task_id
         try:
             async with asyncio.timeout(10):
-                await writer.drain()  # the terminal event goes after every event before it
+                try:
+                    await writer.drain()
+                except TaskEnded:
+                    return
+                except Exception as exc:  # events were lost: the log must still end, with an error
+                    log.error("could not store events of task %s: %s", task_id, type(exc).__name__)
+                    terminal = Error("unavailable", "the event log could not be written; the answer is incomplete")
                 await self.store.finish(task_id, terminal)
         except Exception as exc:  # the store is down: the lease lapses and another replica ends the task
             log.error("could not finish task %s: %s", task_id, type(exc).__name__)
 
+    async def _release(self, task_id: str) -> None:
+        try:
+            async with asyncio.timeout(10):
+                await self.store.release(task_id)
+        except Exception as exc:
+            log.warning("could not release task %s: %s", task_id, type(exc).__name__)
+
     async def _supervise(self, loop: Callable[[], Awaitable[None]]) -> None:
-        """Keep a background loop alive through store outages."""
+        """Keep a background loop alive through store outages (a loop that returns is done)."""
         while True:
             try:
                 await loop()
+                return
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("%s failed (%s: %s); restarting", loop.__name__, type(exc).__name__, exc)
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(min(1.0, self.lease_seconds / 3))
 
     async def _lease_loop(self) -> None:
+        period = self.lease_seconds / 3
         while True:
-            async with asyncio.timeout(self.lease_seconds):
-                await self.store.renew_leases(
+            async with asyncio.timeout(period):
+                cancelled = await self.store.renew_leases(
                     list(self._running), owner=self.replica_id, lease_seconds=self.lease_seconds
                 )
+            for task_id in cancelled:
+                self._cancel_local(task_id, "cancelled")
+            async with asyncio.timeout(period):
                 for task_id in await self.store.interrupt_lapsed():
                     log.warning("task %s lost its replica; ended as interrupted", task_id)
-            await asyncio.sleep(self.lease_seconds / 3)
+            await asyncio.sleep(period)
 
     async def _cancel_loop(self) -> None:
         async for task_id in self.store.cancel_requests():
             self._cancel_local(task_id, "cancelled")
 
 
-EventSink = Callable[[Event], Awaitable[None]]
+def _uncancel() -> None:
+    """We handled this cancellation ourselves; later timeouts in this task must not mistake it for theirs."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()

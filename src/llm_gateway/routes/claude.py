@@ -109,7 +109,8 @@ async def prompt(request: Request) -> Response:
     info = await _submit(request)
     terminal = await gateway(request).runner.wait(info.task_id)
     if isinstance(terminal, Error):
-        raise GatewayError(terminal.type, terminal.message, retry_after=terminal.retry_after)
+        retry_after = terminal.retry_after or (1.0 if terminal.type == "interrupted" else None)
+        raise GatewayError(terminal.type, terminal.message, retry_after=retry_after)
     assert isinstance(terminal, Complete)
     body = PromptResponse(info.task_id, terminal.text, terminal.model, terminal.stop_reason, terminal.usage)
     return JSONResponse(body, headers={"X-Task-Id": info.task_id})
@@ -142,7 +143,11 @@ async def subscribe(request: Request) -> Response:
     render = pick_renderer(request, "native")
     after = resume_point(request)
     info = await _task(request)
-    return event_stream(frames(gateway(request).store, info.task_id, after, render), info.task_id)
+    store = gateway(request).store
+    if after is not None and info.finished and not await store.read(info.task_id, after):
+        # Resumed after the terminal event: 204 is what makes EventSource stop reconnecting.
+        return Response(status_code=204, headers={"X-Task-Id": info.task_id})
+    return event_stream(frames(store, info.task_id, after, render), info.task_id)
 
 
 async def replay_ws(websocket: WebSocket) -> None:

@@ -40,13 +40,19 @@ def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z"
 
 
+class TaskEnded(Exception):
+    """The task is no longer running on this replica (it ended, or another replica ended it)."""
+
+
 class Store(Protocol):
     """Tasks, their event logs, leases and cancellation requests, shared by every replica on the store."""
 
     async def ping(self) -> None: ...
 
-    async def create_task(self, task_id: str, *, fingerprint: str, model: str) -> tuple[TaskInfo, bool]:
-        """Create a queued task; if it exists, return it and False (the caller compares fingerprints)."""
+    async def create_task(
+        self, task_id: str, *, fingerprint: str, model: str, lease_seconds: float
+    ) -> tuple[TaskInfo, bool]:
+        """Create a queued task, leased like a running one; if it exists, return it and False."""
 
     async def get_task(self, task_id: str) -> TaskInfo | None: ...
 
@@ -56,30 +62,38 @@ class Store(Protocol):
         Returns the event's id, or "" if the task was no longer queued (cancelled meanwhile).
         """
 
-    async def append(self, task_id: str, events: Sequence[Event]) -> str:
-        """Append non-terminal events; return the id of the last one."""
+    async def append(self, task_id: str, events: Sequence[Event], *, owner: str) -> str:
+        """Append non-terminal events; return the id of the last one.
+
+        Raises TaskEnded, writing nothing, unless the task is running on ``owner``: no event ever follows
+        the terminal one, even when another replica ended the task.
+        """
 
     async def finish(self, task_id: str, event: Terminal) -> bool:
         """Append the terminal event and set the final status once; False if the task had already ended."""
+
+    async def release(self, task_id: str) -> None:
+        """This replica no longer writes the task (whether or not its terminal event got written)."""
 
     async def read(self, task_id: str, after: str | None = None) -> EventBatch:
         """Every event after ``after`` (exclusive; None = from the start)."""
 
     def follow(self, task_id: str, after: str | None = None, *, heartbeat: float = 15.0) -> AsyncIterator[EventBatch]:
-        """Batches of events after ``after``, live, ending with the terminal event.
+        """Batches of events after ``after``, live, ending with the terminal event (at once if already past it).
 
         Yields an empty batch after ``heartbeat`` seconds without events, so callers can send keep-alives.
         """
 
-    async def renew_leases(self, task_ids: Sequence[str], *, owner: str, lease_seconds: float) -> None: ...
+    async def renew_leases(self, task_ids: Sequence[str], *, owner: str, lease_seconds: float) -> list[str]:
+        """Renew the leases; return those of ``task_ids`` whose cancellation was requested."""
 
     async def interrupt_lapsed(self) -> list[str]:
         """End every running task whose lease lapsed with ``error{interrupted}``; return their ids."""
 
     async def request_cancel(self, task_id: str) -> None:
-        """Ask the replica running the task to cancel it (it may be this one)."""
+        """Ask the replica running the task to cancel it: at once if it listens, else at its next renewal."""
 
     def cancel_requests(self) -> AsyncIterator[str]:
-        """Task ids whose cancellation was requested, from any replica."""
+        """Task ids whose cancellation was requested, pushed as they come (may end at once: no push)."""
 
     async def close(self) -> None: ...

@@ -9,11 +9,11 @@ import time
 from collections.abc import AsyncIterator, Sequence
 
 from ..events import Complete, Error, Event, TaskInfo, Terminal, terminal_outcome
-from .base import EventBatch, format_event_id, next_event_id, now_iso, parse_event_id
+from .base import EventBatch, TaskEnded, format_event_id, next_event_id, now_iso, parse_event_id
 
 
 class _Log:
-    __slots__ = ("changed", "events", "info", "keys", "lease_deadline")
+    __slots__ = ("cancel_requested", "changed", "events", "info", "keys", "lease_deadline")
 
     def __init__(self, info: TaskInfo) -> None:
         self.info = info
@@ -21,6 +21,7 @@ class _Log:
         self.events: EventBatch = []
         self.changed = asyncio.Event()
         self.lease_deadline = 0.0
+        self.cancel_requested = False
 
     def add(self, event: Event) -> str:
         key = next_event_id(self.keys[-1] if self.keys else (0, 0))
@@ -42,7 +43,6 @@ class MemoryStore:
         self.stream_ttl = stream_ttl
         self._logs: dict[str, _Log] = {}
         self._expiry: collections.deque[tuple[float, str]] = collections.deque()
-        self._cancels: asyncio.Queue[str] = asyncio.Queue(maxsize=1024)
 
     def _purge_expired(self) -> None:
         now = time.monotonic()
@@ -57,7 +57,9 @@ class MemoryStore:
     async def ping(self) -> None:
         return None
 
-    async def create_task(self, task_id: str, *, fingerprint: str, model: str) -> tuple[TaskInfo, bool]:
+    async def create_task(
+        self, task_id: str, *, fingerprint: str, model: str, lease_seconds: float
+    ) -> tuple[TaskInfo, bool]:
         log = self._log(task_id)
         if log is not None:
             return log.info, False
@@ -65,7 +67,8 @@ class MemoryStore:
         info = TaskInfo(
             task_id=task_id, status="queued", created_at=now, updated_at=now, model=model, fingerprint=fingerprint
         )
-        self._logs[task_id] = _Log(info)
+        log = self._logs[task_id] = _Log(info)
+        log.lease_deadline = time.monotonic() + lease_seconds
         return info, True
 
     async def get_task(self, task_id: str) -> TaskInfo | None:
@@ -82,8 +85,10 @@ class MemoryStore:
         log.notify()
         return event_id
 
-    async def append(self, task_id: str, events: Sequence[Event]) -> str:
-        log = self._logs[task_id]
+    async def append(self, task_id: str, events: Sequence[Event], *, owner: str) -> str:
+        log = self._logs.get(task_id)
+        if log is None or log.info.status != "running" or log.info.owner != owner:
+            raise TaskEnded(task_id)
         event_id = ""
         for event in events:
             event_id = log.add(event)
@@ -100,6 +105,9 @@ class MemoryStore:
         self._expiry.append((time.monotonic() + self.stream_ttl, task_id))
         log.notify()
         return True
+
+    async def release(self, task_id: str) -> None:
+        return None
 
     async def read(self, task_id: str, after: str | None = None) -> EventBatch:
         log = self._log(task_id)
@@ -121,37 +129,42 @@ class MemoryStore:
                 if isinstance(batch[-1][1], Complete | Error):
                     return
                 continue
+            if log.info.finished:
+                return  # resumed at or after the terminal event: nothing more will come
             try:
                 async with asyncio.timeout(heartbeat):
                     await changed.wait()
             except TimeoutError:
                 yield []
 
-    async def renew_leases(self, task_ids: Sequence[str], *, owner: str, lease_seconds: float) -> None:
+    async def renew_leases(self, task_ids: Sequence[str], *, owner: str, lease_seconds: float) -> list[str]:
         deadline = time.monotonic() + lease_seconds
+        cancelled = []
         for task_id in task_ids:
             log = self._logs.get(task_id)
-            if log is not None and log.info.owner == owner:
+            if log is not None and not log.info.finished:
                 log.lease_deadline = deadline
+                if log.cancel_requested:
+                    cancelled.append(task_id)
+        return cancelled
 
     async def interrupt_lapsed(self) -> list[str]:
         now = time.monotonic()
-        lapsed = [
-            task_id for task_id, log in self._logs.items() if log.info.status == "running" and log.lease_deadline < now
-        ]
+        lapsed = [task_id for task_id, log in self._logs.items() if not log.info.finished and log.lease_deadline < now]
         for task_id in lapsed:
             await self.finish(task_id, Error("interrupted", "the replica running this task stopped", retryable=True))
         return lapsed
 
     async def request_cancel(self, task_id: str) -> None:
-        try:
-            self._cancels.put_nowait(task_id)
-        except asyncio.QueueFull:
-            pass  # the only consumer is this process's runner, which cancels local tasks directly
+        log = self._logs.get(task_id)
+        if log is not None:
+            log.cancel_requested = True
 
     async def cancel_requests(self) -> AsyncIterator[str]:
-        while True:
-            yield await self._cancels.get()
+        # One process: the runner cancels its tasks directly; the flag above covers the rest at renewal.
+        nothing: tuple[str, ...] = ()
+        for task_id in nothing:
+            yield task_id
 
     async def close(self) -> None:
         self._logs.clear()

@@ -23,8 +23,18 @@ from typing import Any
 import msgspec
 import redis.asyncio as redis
 
-from ..events import Complete, Error, Event, TaskInfo, Terminal, decode_event, encode_event, terminal_outcome
-from .base import EventBatch, format_event_id, now_iso, parse_event_id
+from ..events import (
+    TERMINAL_STATUSES,
+    Complete,
+    Error,
+    Event,
+    TaskInfo,
+    Terminal,
+    decode_event,
+    encode_event,
+    terminal_outcome,
+)
+from .base import EventBatch, TaskEnded, format_event_id, now_iso, parse_event_id
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +44,25 @@ BLOCK_MS = 5000
 COMMAND_TIMEOUT = 10.0
 SUBSCRIBER_BACKLOG = 4096  # events buffered for one slow subscriber before it falls back to XRANGE
 
+# A queued task is leased too: if its replica dies before starting it, the reaper still ends it.
 _CREATE = """
 if redis.call('HSETNX', KEYS[1], 'task_id', ARGV[1]) == 0 then return redis.call('HGETALL', KEYS[1]) end
 redis.call('HSET', KEYS[1], 'status', 'queued', 'created_at', ARGV[4], 'updated_at', ARGV[4],
            'model', ARGV[3], 'fingerprint', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[5])
+local t = redis.call('TIME')
+redis.call('ZADD', KEYS[2], t[1] * 1000 + math.floor(t[2] / 1000) + tonumber(ARGV[6]), ARGV[1])
 return 1
+"""
+
+# Appends only while the task runs on this owner: nothing may follow a terminal event.
+_APPEND = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' or redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then
+  return false
+end
+local ids = {}
+for i = 2, #ARGV do ids[#ids + 1] = redis.call('XADD', KEYS[2], '*', 'e', ARGV[i]) end
+return ids
 """
 
 _START = """
@@ -71,11 +94,21 @@ redis.call('ZREM', KEYS[3], ARGV[7])
 return id
 """
 
+# KEYS[1] the lease zset, KEYS[i+1] the hash of task ARGV[i+1]; returns the ids whose cancel was requested.
 _RENEW = """
 local t = redis.call('TIME')
 local deadline = t[1] * 1000 + math.floor(t[2] / 1000) + tonumber(ARGV[1])
-for i = 2, #ARGV do redis.call('ZADD', KEYS[1], 'XX', deadline, ARGV[i]) end
-return 1
+local cancelled = {}
+for i = 2, #ARGV do
+  redis.call('ZADD', KEYS[1], 'XX', deadline, ARGV[i])
+  if redis.call('HGET', KEYS[i], 'cancel') == '1' then cancelled[#cancelled + 1] = ARGV[i] end
+end
+return cancelled
+"""
+
+_REQUEST_CANCEL = """
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'cancel', '1') end
+return redis.call('PUBLISH', KEYS[2], ARGV[1])
 """
 
 _LAPSED = """
@@ -143,17 +176,23 @@ class _Fanout:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def subscribe(self, key: str, after: str) -> _Subscription:
+    def subscribe(self, key: str, after: str) -> tuple[_Subscription, bool]:
+        """Register a subscriber (synchronously, so a caller's ``finally`` can always undo it).
+
+        Returns it, and whether the reader must be woken to add the stream to its XREAD.
+        """
         sub = _Subscription()
         subs = self._subs.get(key)
         if subs is None:
             self._subs[key] = {sub}
             self._cursors[key] = after
-            if key not in self._local:
-                await self._wake()
-        else:
-            subs.add(sub)
-        return sub
+            return sub, key not in self._local
+        subs.add(sub)
+        # Never past what a subscriber still needs: the XREAD reads from the earliest point (others drop repeats).
+        if parse_event_id(after) < parse_event_id(self._cursors[key]):
+            self._cursors[key] = after
+            return sub, key not in self._local
+        return sub, False
 
     def local_start(self, key: str) -> None:
         self._local.add(key)
@@ -161,10 +200,13 @@ class _Fanout:
     async def local_end(self, key: str) -> None:
         self._local.discard(key)
         if key in self._subs:
-            await self._wake()  # someone still follows: read the rest (say, a reaper's terminal event) by XREAD
+            await self.wake()  # someone still follows: read the rest (say, a reaper's terminal event) by XREAD
 
     def deliver(self, key: str, batch: EventBatch) -> None:
         """Hand a batch just stored by this replica to its local subscribers (they drop what they have)."""
+        self._fan_out(key, batch)
+
+    def _fan_out(self, key: str, batch: EventBatch) -> None:
         subs = self._subs.get(key)
         if subs:
             self._cursors[key] = max(self._cursors[key], batch[-1][0], key=parse_event_id)
@@ -179,7 +221,7 @@ class _Fanout:
                 del self._subs[key]
                 self._cursors.pop(key, None)
 
-    async def _wake(self) -> None:
+    async def wake(self) -> None:
         self._idle.set()
         if not self._wake_pending and self._waker is not None:
             self._wake_pending = True
@@ -222,11 +264,7 @@ class _Fanout:
             if key == self._wake_key:
                 self._wake_cursor = _text(entries[-1][0])
                 continue
-            batch = _decode_entries(entries)
-            if key in self._cursors:
-                self._cursors[key] = batch[-1][0]
-            for sub in tuple(self._subs.get(key, ())):
-                sub.deliver(batch)
+            self._fan_out(key, _decode_entries(entries))
 
 
 class RedisStore:
@@ -239,6 +277,8 @@ class RedisStore:
         self._start = client.register_script(_START)
         self._finish = client.register_script(_FINISH)
         self._renew = client.register_script(_RENEW)
+        self._append = client.register_script(_APPEND)
+        self._request_cancel = client.register_script(_REQUEST_CANCEL)
         self._lapsed = client.register_script(_LAPSED)
         self._running_key = f"{prefix}running"
         self._cancel_channel = f"{prefix}cancel"
@@ -261,12 +301,14 @@ class RedisStore:
         async with asyncio.timeout(2):
             await self._redis.ping()
 
-    async def create_task(self, task_id: str, *, fingerprint: str, model: str) -> tuple[TaskInfo, bool]:
+    async def create_task(
+        self, task_id: str, *, fingerprint: str, model: str, lease_seconds: float
+    ) -> tuple[TaskInfo, bool]:
         now = now_iso()
+        keys = [self._task_key(task_id), self._running_key]
+        args: list[str | int] = [task_id, fingerprint, model, now, ACTIVE_TTL, int(lease_seconds * 1000)]
         async with asyncio.timeout(COMMAND_TIMEOUT):
-            reply = await self._create(
-                keys=[self._task_key(task_id)], args=[task_id, fingerprint, model, now, ACTIVE_TTL]
-            )
+            reply = await self._create(keys=keys, args=args)
         if reply == 1:
             info = TaskInfo(
                 task_id=task_id, status="queued", created_at=now, updated_at=now, model=model, fingerprint=fingerprint
@@ -298,15 +340,11 @@ class RedisStore:
         self._fanout.deliver(keys[1], [(event_id, event)])
         return event_id
 
-    async def append(self, task_id: str, events: Sequence[Event]) -> str:
+    async def append(self, task_id: str, events: Sequence[Event], *, owner: str) -> str:
         key = self._events_key(task_id)
-        if len(events) == 1:
-            ids = [await self._redis.xadd(key, {b"e": encode_event(events[0])})]
-        else:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for event in events:
-                    pipe.xadd(key, {b"e": encode_event(event)})
-                ids = await pipe.execute()
+        ids = await self._append(keys=[self._task_key(task_id), key], args=[owner, *map(encode_event, events)])
+        if ids is None:
+            raise TaskEnded(task_id)
         batch = [(_text(event_id), event) for event_id, event in zip(ids, events, strict=True)]
         self._fanout.deliver(key, batch)
         return batch[-1][0]
@@ -324,15 +362,14 @@ class RedisStore:
             task_id,
             "1" if only_if_lapsed else "",
         ]
-        try:
-            async with asyncio.timeout(COMMAND_TIMEOUT):
-                reply = await self._finish(keys=keys, args=args)
-            if reply is not None:
-                self._fanout.deliver(keys[1], [(_text(reply), event)])
-            return reply is not None
-        finally:
-            if not only_if_lapsed:
-                await self._fanout.local_end(keys[1])
+        async with asyncio.timeout(COMMAND_TIMEOUT):
+            reply = await self._finish(keys=keys, args=args)
+        if reply is not None:
+            self._fanout.deliver(keys[1], [(_text(reply), event)])
+        return reply is not None
+
+    async def release(self, task_id: str) -> None:
+        await self._fanout.local_end(self._events_key(task_id))
 
     async def read(self, task_id: str, after: str | None = None) -> EventBatch:
         after = None if after is None else format_event_id(parse_event_id(after))
@@ -355,9 +392,11 @@ class RedisStore:
     ) -> AsyncIterator[EventBatch]:
         key = self._events_key(task_id)
         last = (0, 0) if after is None else parse_event_id(after)
-        sub = await self._fanout.subscribe(key, format_event_id(last))
+        sub, needs_wake = self._fanout.subscribe(key, format_event_id(last))
         try:
-            catch_up = True
+            if needs_wake:
+                await self._fanout.wake()
+            catch_up, first = True, True
             while True:
                 if catch_up:
                     # What the reader delivered before we joined, or what a slow subscriber dropped.
@@ -365,6 +404,9 @@ class RedisStore:
                     sub.take()
                     batch = await self._page(key, None if last == (0, 0) else format_event_id(last))
                     catch_up = len(batch) == PAGE
+                    if first and not batch and await self._ended(task_id):
+                        return  # resumed at or after the terminal event: nothing more will come
+                    first = False
                 elif sub.overflowed:
                     catch_up = True
                     continue
@@ -380,9 +422,8 @@ class RedisStore:
                         async with asyncio.timeout(heartbeat):
                             await sub.ready.wait()
                     except TimeoutError:
-                        async with asyncio.timeout(COMMAND_TIMEOUT):
-                            if not await self._redis.exists(key):
-                                return
+                        if await self._ended(task_id):
+                            return
                         yield []
                     continue
                 if batch:
@@ -393,10 +434,19 @@ class RedisStore:
         finally:
             self._fanout.unsubscribe(key, sub)
 
-    async def renew_leases(self, task_ids: Sequence[str], *, owner: str, lease_seconds: float) -> None:
-        if task_ids:
-            async with asyncio.timeout(COMMAND_TIMEOUT):
-                await self._renew(keys=[self._running_key], args=[int(lease_seconds * 1000), *task_ids])
+    async def _ended(self, task_id: str) -> bool:
+        """Finished, or gone (expired)."""
+        async with asyncio.timeout(COMMAND_TIMEOUT):
+            status = await self._redis.hget(self._task_key(task_id), "status")
+        return status is None or _text(status) in TERMINAL_STATUSES
+
+    async def renew_leases(self, task_ids: Sequence[str], *, owner: str, lease_seconds: float) -> list[str]:
+        if not task_ids:
+            return []
+        keys = [self._running_key, *map(self._task_key, task_ids)]
+        async with asyncio.timeout(COMMAND_TIMEOUT):
+            cancelled = await self._renew(keys=keys, args=[int(lease_seconds * 1000), *task_ids])
+        return [_text(task_id) for task_id in cancelled]
 
     async def interrupt_lapsed(self) -> list[str]:
         async with asyncio.timeout(COMMAND_TIMEOUT):
@@ -405,7 +455,7 @@ class RedisStore:
 
     async def request_cancel(self, task_id: str) -> None:
         async with asyncio.timeout(COMMAND_TIMEOUT):
-            await self._redis.publish(self._cancel_channel, task_id)
+            await self._request_cancel(keys=[self._task_key(task_id), self._cancel_channel], args=[task_id])
 
     async def cancel_requests(self) -> AsyncIterator[str]:
         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
@@ -425,8 +475,10 @@ class RedisStore:
 
 def _task_info(fields: dict[Any, Any]) -> TaskInfo:
     data = {_text(k): _text(v) for k, v in fields.items()}
-    result = msgspec.json.decode(data.pop("result")) if data.get("result") else None
-    error = msgspec.json.decode(data.pop("error")) if data.get("error") else None
-    data.pop("result", None)
-    data.pop("error", None)
-    return msgspec.convert({**data, "result": result, "error": error}, TaskInfo)
+    result, error = data.pop("result", ""), data.pop("error", "")
+    data.pop("cancel", None)
+    decoded = {
+        "result": msgspec.json.decode(result) if result else None,
+        "error": msgspec.json.decode(error) if error else None,
+    }
+    return msgspec.convert({**data, **decoded}, TaskInfo)

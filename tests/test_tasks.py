@@ -1,0 +1,78 @@
+"""The task runner against a real Redis and the emulator (through the SDK)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from llm_gateway.events import Complete, Error, Text
+from llm_gateway.providers import GenerationRequest
+from llm_gateway.providers.registry import Providers
+from llm_gateway.store.redis import RedisStore
+from llm_gateway.tasks import TaskRunner
+from tests.conftest import Emulator, gateway_settings
+
+
+@pytest.fixture
+async def runner(redis_url: str, emulator: Emulator) -> AsyncIterator[TaskRunner]:
+    prefix = f"run:{uuid.uuid4().hex[:8]}:"
+    providers = Providers.from_settings(gateway_settings(emulator.url))
+    store = RedisStore.from_url(redis_url, prefix=prefix)
+    task_runner = TaskRunner(store, providers.resolve, lease_seconds=1.0, grace_seconds=0.5)
+    await task_runner.start()
+    try:
+        yield task_runner
+    finally:
+        await task_runner.shutdown()
+        await providers.close()
+        await store.close()
+
+
+def request(prompt: str) -> GenerationRequest:
+    return GenerationRequest(model="claude-sonnet-4-6", messages=[{"role": "user", "content": prompt}])
+
+
+async def until_running(runner: TaskRunner, task_id: str) -> None:
+    async with asyncio.timeout(5):
+        while not (info := await runner.store.get_task(task_id)) or info.status != "running":
+            await asyncio.sleep(0.01)
+
+
+async def test_a_second_cancel_while_finishing_does_not_lose_the_terminal_event(runner: TaskRunner) -> None:
+    info, _ = await runner.submit(None, request("slow [emu:deltas=500] [emu:delay_ms=10]"))
+    await until_running(runner, info.task_id)
+    await runner.cancel(info.task_id)
+    await asyncio.sleep(0)  # the generation takes the cancel and starts writing its terminal event...
+    # ...when a second request lands, as the cancel listener or a lease renewal would deliver it.
+    runner._cancel_local(info.task_id, "cancelled")
+    async with asyncio.timeout(5):
+        terminal = await runner.wait(info.task_id)
+    final = await runner.store.get_task(info.task_id)
+    assert isinstance(terminal, Error) and terminal.type == "cancelled"
+    assert final is not None and final.status == "cancelled"
+
+
+async def test_a_task_ended_elsewhere_stops_generating(runner: TaskRunner, redis_url: str) -> None:
+    info, _ = await runner.submit(None, request("long [emu:deltas=500] [emu:delay_ms=10]"))
+    await until_running(runner, info.task_id)
+    prefix = runner.store._prefix  # type: ignore[attr-defined]
+    reaper = RedisStore.from_url(redis_url, prefix=prefix)
+    try:
+        follower = asyncio.create_task(runner.wait(info.task_id))  # a follower on the owner's replica
+        await asyncio.sleep(0.1)
+        assert await reaper.finish(info.task_id, Error("interrupted", "reaped by another replica"))
+        async with asyncio.timeout(5):
+            terminal = await follower
+        assert isinstance(terminal, Error) and terminal.type == "interrupted"
+        async with asyncio.timeout(5):
+            while runner.running_count:
+                await asyncio.sleep(0.02)
+        events = [event for _, event in await reaper.read(info.task_id)]
+    finally:
+        await reaper.close()
+    assert isinstance(events[-1], Error), "nothing after the terminal event"
+    assert sum(isinstance(e, Complete | Error) for e in events) == 1
+    assert any(isinstance(e, Text) for e in events)
