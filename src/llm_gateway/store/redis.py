@@ -162,6 +162,7 @@ class _Fanout:
         self._subs: dict[str, set[_Subscription]] = {}
         self._cursors: dict[str, str] = {}
         self._local: set[str] = set()
+        self._ended: set[str] = set()
         self._idle = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._waker: redis.Redis | None = None
@@ -199,11 +200,14 @@ class _Fanout:
 
     async def local_end(self, key: str) -> None:
         self._local.discard(key)
-        if key in self._subs:
+        if key in self._subs and key not in self._ended:
             await self.wake()  # someone still follows: read the rest (say, a reaper's terminal event) by XREAD
+        self._ended.discard(key)
 
     def deliver(self, key: str, batch: EventBatch) -> None:
         """Hand a batch just stored by this replica to its local subscribers (they drop what they have)."""
+        if key in self._local and isinstance(batch[-1][1], Complete | Error):
+            self._ended.add(key)  # its subscribers have the terminal event: no XREAD needed when it is released
         self._fan_out(key, batch)
 
     def _fan_out(self, key: str, batch: EventBatch) -> None:
