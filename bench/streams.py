@@ -71,41 +71,34 @@ class Result:
 
 
 class StreamFailed(RuntimeError):
-    pass
-
-
-def check(deltas: int, expected: int, ended: bool, name: str) -> None:
     """A failed stream is cheap: never let one pass for a fast one."""
-    if deltas != expected or not ended:
-        raise StreamFailed(f"{name}: got {deltas}/{expected} deltas, ended cleanly: {ended}")
+
+
+async def read_stream(response: httpx.Response, start: float, delta: str, end: str, deltas: int) -> float:
+    """Time to the first ``delta`` line; checks every delta arrived and the ``end`` line closed the stream."""
+    first, seen, ended = 0.0, 0, False
+    async for line in response.aiter_lines():
+        if line.startswith(delta):
+            seen += 1
+            first = first or time.perf_counter() - start
+        ended = ended or line == end
+    if seen != deltas or not ended:
+        raise StreamFailed(f"{delta!r}: got {seen}/{deltas} deltas, ended cleanly: {ended}")
+    return first
 
 
 async def one_direct(client: httpx.AsyncClient, url: str, body: dict[str, object], deltas: int) -> float:
     start = time.perf_counter()
-    first, seen, ended = 0.0, 0, False
     async with client.stream("POST", f"{url}/v1/messages", json=body, headers={"x-api-key": "bench"}) as response:
-        async for line in response.aiter_lines():
-            if line.startswith("event: content_block_delta"):
-                seen += 1
-                first = first or time.perf_counter() - start
-            ended = ended or line == "event: message_stop"
-    check(seen, deltas, ended, "direct")
-    return first
+        return await read_stream(response, start, "event: content_block_delta", "event: message_stop", deltas)
 
 
 async def one_gateway(client: httpx.AsyncClient, url: str, body: dict[str, object], deltas: int) -> float:
     start = time.perf_counter()
-    first, seen, ended = 0.0, 0, False
     accepted = await client.post(f"{url}/api/claude/prompt/async", json={"prompt": body["prompt"]})
     task_id = accepted.json()["task_id"]
     async with client.stream("GET", f"{url}/api/claude/subscribe/{task_id}") as response:
-        async for line in response.aiter_lines():
-            if line.startswith("event: chunk"):
-                seen += 1
-                first = first or time.perf_counter() - start
-            ended = ended or line == "event: complete"
-    check(seen, deltas, ended, "gateway")
-    return first
+        return await read_stream(response, start, "event: chunk", "event: complete", deltas)
 
 
 async def run(

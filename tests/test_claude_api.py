@@ -364,3 +364,19 @@ async def test_unconfigured_upstream_is_503(emulator: Emulator) -> None:
         health = (await client.get("/health")).json()
     assert response.status_code == 503 and response.json()["type"] == "unavailable"
     assert health["claude_client"] == "not configured"
+
+
+async def test_oauth_token_is_sent_as_bearer(emulator: Emulator) -> None:
+    from llm_gateway.app import create_app
+    from tests.conftest import EMULATOR_KEY, gateway_settings
+    from tests.servers import serve
+
+    settings = msgspec.structs.replace(
+        gateway_settings(emulator.url), anthropic_api_key=None, anthropic_auth_token=EMULATOR_KEY
+    )
+    async with serve(create_app(settings)) as url, httpx.AsyncClient(base_url=url) as client:
+        answer = await client.post("/api/claude/prompt", json={"prompt": "token [emu:deltas=3]"})
+        auth = (await client.get("/auth-status")).json()
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["response"] == emulated_text("token [emu:deltas=3]", 3)
+    assert auth["auth_type"] == "oauth_token" and auth["api_key"] is None and "…" in auth["auth_token"]

@@ -163,17 +163,23 @@ async def test_input_tokens_count_all_request_text(client: anthropic.AsyncAnthro
     assert message.usage.input_tokens == 40
 
 
+async def final_message(
+    client: anthropic.AsyncAnthropic, prompt: str, max_tokens: int, stream: bool
+) -> tuple[Message, list[str] | None]:
+    """The answer, streamed (with its text deltas) or not."""
+    if not stream:
+        return await client.messages.create(model=MODEL, max_tokens=max_tokens, messages=user(prompt)), None
+    async with client.messages.stream(model=MODEL, max_tokens=max_tokens, messages=user(prompt)) as s:
+        texts = [text async for text in s.text_stream]
+        return await s.get_final_message(), texts
+
+
 @pytest.mark.parametrize("stream", [True, False])
 async def test_max_tokens_truncates(client: anthropic.AsyncAnthropic, stream: bool) -> None:
     prompt = "Go on [emu:deltas=10] [emu:tool=search]"
-    message: Message
+    message, texts = await final_message(client, prompt, 4, stream)
     if stream:
-        async with client.messages.stream(model=MODEL, max_tokens=4, messages=user(prompt)) as s:
-            texts = [text async for text in s.text_stream]
-            message = await s.get_final_message()
         assert texts == emulated_deltas(prompt, 10)[:4]
-    else:
-        message = await client.messages.create(model=MODEL, max_tokens=4, messages=user(prompt))
     assert [block.type for block in message.content] == ["text"]
     assert isinstance(block := message.content[0], TextBlock) and block.text == "".join(emulated_deltas(prompt, 10)[:4])
     assert message.stop_reason == "max_tokens"
@@ -183,12 +189,7 @@ async def test_max_tokens_truncates(client: anthropic.AsyncAnthropic, stream: bo
 @pytest.mark.parametrize("stream", [True, False])
 async def test_tool_use(client: anthropic.AsyncAnthropic, stream: bool) -> None:
     prompt = "Weather in Paris? [emu:tool=get_weather] [emu:deltas=5]"
-    message: Message
-    if stream:
-        async with client.messages.stream(model=MODEL, max_tokens=100, messages=user(prompt)) as s:
-            message = await s.get_final_message()
-    else:
-        message = await client.messages.create(model=MODEL, max_tokens=100, messages=user(prompt))
+    message, _ = await final_message(client, prompt, 100, stream)
     text, tool = message.content
     assert isinstance(text, TextBlock) and text.text == emulated_text(prompt, 5)
     assert isinstance(tool, ToolUseBlock)

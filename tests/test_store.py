@@ -307,3 +307,53 @@ async def test_redis_a_follower_far_ahead_does_not_starve_the_others(redis_url: 
     finally:
         await writer.close()
         await reader.close()
+
+
+async def test_redis_live_reads_share_one_connection(redis_url: str) -> None:
+    """Fifty followers of fifty remote tasks: a handful of connections, not one per follower."""
+    import redis.asyncio as aioredis
+
+    from llm_gateway.store.redis import RedisStore
+
+    writer = RedisStore.from_url(redis_url, prefix="conns:")
+    reader = RedisStore.from_url(redis_url, prefix="conns:", max_connections=4)
+    admin = aioredis.Redis.from_url(redis_url)
+    try:
+        before = len(await admin.client_list())
+        task_ids = [f"t{i}" for i in range(50)]
+        for task_id in task_ids:
+            await started(writer, task_id)
+        followers = [asyncio.create_task(collect(reader, task_id)) for task_id in task_ids]
+        await asyncio.sleep(0.2)
+        during = len(await admin.client_list())
+        for task_id in task_ids:
+            await writer.append(task_id, [Text(0, task_id)], owner="r1")
+            await writer.finish(task_id, DONE)
+        results = await asyncio.gather(*followers)
+    finally:
+        await admin.aclose()
+        await writer.close()
+        await reader.close()
+    got = {task_id: [e for _, e in events] for task_id, events in zip(task_ids, results, strict=True)}
+    assert got == {task_id: [Start(task_id, "m"), Text(0, task_id), DONE] for task_id in task_ids}
+    # The reader's pool (4), its XREAD connection and its wake; the writer's few.
+    assert during - before <= 10, f"{during - before} connections for 50 live followers"
+
+
+async def test_redis_a_follower_ahead_of_a_lagging_reader_still_gets_the_end(redis_url: str) -> None:
+    """The task ends while this replica's XREAD has not delivered its last events: the heartbeat reads them."""
+    from llm_gateway.store.redis import RedisStore
+
+    writer = RedisStore.from_url(redis_url, prefix="lag:")
+    reader = RedisStore.from_url(redis_url, prefix="lag:")
+    try:
+        await started(writer)
+        await reader._fanout.stop()  # a reader that lags behind for good
+        follower = asyncio.create_task(collect(reader, "t1"))
+        await asyncio.sleep(0.05)
+        await writer.append("t1", [Text(0, "a")], owner="r1")
+        await writer.finish("t1", DONE)
+        assert [e for _, e in await follower] == [Start("t1", "m"), Text(0, "a"), DONE]
+    finally:
+        await writer.close()
+        await reader.close()

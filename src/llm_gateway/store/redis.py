@@ -42,6 +42,7 @@ ACTIVE_TTL = 24 * 3600  # a running task's keys outlive any generation; finished
 PAGE = 1000
 BLOCK_MS = 5000
 COMMAND_TIMEOUT = 10.0
+POOL_SIZE = 32  # connections for commands, per replica; live reads use one more, of their own
 SUBSCRIBER_BACKLOG = 4096  # events buffered for one slow subscriber before it falls back to XRANGE
 
 # A queued task is leased too: if its replica dies before starting it, the reaper still ends it.
@@ -289,11 +290,21 @@ class RedisStore:
         self._fanout.start(client)
 
     @classmethod
-    def from_url(cls, url: str, *, prefix: str = "llmgw:", stream_ttl: int = 3600) -> RedisStore:
+    def from_url(
+        cls, url: str, *, prefix: str = "llmgw:", stream_ttl: int = 3600, max_connections: int = POOL_SIZE
+    ) -> RedisStore:
         # No socket_timeout: on Python 3.11 redis-py wraps every read in wait_for, a Task per command. Callers
         # bound their waits with asyncio.timeout instead (COMMAND_TIMEOUT here, the runner's own elsewhere).
-        client = redis.Redis.from_url(url, socket_timeout=None, socket_connect_timeout=5, health_check_interval=0)
-        return cls(client, url, prefix=prefix, stream_ttl=stream_ttl)
+        # A bounded pool: a burst of commands waits for a connection instead of opening one each.
+        pool = redis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=COMMAND_TIMEOUT,
+            socket_timeout=None,
+            socket_connect_timeout=5,
+            health_check_interval=0,
+        )
+        return cls(redis.Redis.from_pool(pool), url, prefix=prefix, stream_ttl=stream_ttl)  # owns (closes) the pool
 
     def _task_key(self, task_id: str) -> str:
         return f"{self._prefix}task:{task_id}"
@@ -427,7 +438,10 @@ class RedisStore:
                             await sub.ready.wait()
                     except TimeoutError:
                         if await self._ended(task_id):
-                            return
+                            # Ended while the reader had not handed us its last events yet: read them (or,
+                            # if nothing is left because the log expired, stop).
+                            catch_up = first = True
+                            continue
                         yield []
                     continue
                 if batch:
