@@ -8,7 +8,7 @@ from typing import Any
 
 from starlette.types import Message
 
-from llm_gateway.dialects import render_native
+from llm_gateway.dialects import NativeDialect
 from llm_gateway.events import Start, Text
 from llm_gateway.sse import EventStreamResponse, aclose, frames
 from llm_gateway.store.memory import MemoryStore
@@ -51,7 +51,7 @@ async def test_keepalive_comments_while_the_log_is_idle() -> None:
     store = MemoryStore()
     await store.create_task("t", fingerprint="", model="m", lease_seconds=5)
     await store.start_task("t", owner="r", lease_seconds=5, event=Start("t", "m"))
-    stream = frames(store, "t", None, render_native, heartbeat=0.05)
+    stream = frames(store, "t", None, NativeDialect(), heartbeat=0.05)
     got = [await anext(stream) for _ in range(4)]
     await store.append("t", [Text(0, "a\nb")], owner="r")
     got.append(await anext(stream))

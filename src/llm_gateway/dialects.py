@@ -6,16 +6,15 @@ carries the id, so a client resuming with ``Last-Event-ID`` gets exactly the eve
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
 from .events import Complete, Error, Event, Start, Text, TokenUsage, ToolCall, Usage
 
 _encode = msgspec.json.Encoder().encode
-
-Renderer = Callable[[str, Event], bytes]
 
 
 class NativeStart(msgspec.Struct):
@@ -80,4 +79,207 @@ def render_ws(event_id: str, event: Event) -> bytes:
     return _encode(WsMessage(event_id, name, data))
 
 
-SSE_RENDERERS: dict[str, Renderer] = {"native": render_native}
+def sse_frame(data: bytes, event_id: str | None = None, name: str | None = None) -> bytes:
+    """One SSE frame; a multi-line ``data`` becomes several ``data:`` lines, joined back by the client."""
+    head = b"event: %s\n" % name.encode() if name else b""
+    if event_id:
+        head += b"id: %s\n" % event_id.encode()
+    if b"\n" in data or b"\r" in data:
+        lines = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+        return head + b"".join(b"data: %s\n" % line for line in lines) + b"\n"
+    return head + b"data: %s\n\n" % data
+
+
+DONE = b"data: [DONE]\n\n"
+
+
+class Dialect(Protocol):
+    """Renders one stream. A stateful one (accumulated text, open messages) is primed on resume by
+    rendering, and discarding, every event up to the resume point."""
+
+    stateful: bool
+
+    def render(self, event_id: str, event: Event) -> bytes: ...
+
+
+class NativeDialect:
+    stateful = False
+
+    def render(self, event_id: str, event: Event) -> bytes:
+        return render_native(event_id, event)
+
+
+class TextDialect:
+    """Seeds 001 (/api/stream) and 004: the text itself, then [DONE]."""
+
+    stateful = False
+
+    def render(self, event_id: str, event: Event) -> bytes:
+        match event:
+            case Text(text=text) if text:
+                return sse_frame(text.encode(), event_id)
+            case Complete():
+                return DONE
+            case Error(type=type_, message=message):
+                return sse_frame(_encode({"type": type_, "message": message}), event_id, "error") + DONE
+        return b""
+
+
+class StatusDialect:
+    """Seed 002: processing, streaming chunks, then completed with the whole text, or error."""
+
+    stateful = False
+
+    def render(self, event_id: str, event: Event) -> bytes:
+        match event:
+            case Start():
+                return sse_frame(b'{"status":"processing"}', event_id)
+            case Text(text=text) if text:
+                return sse_frame(_encode({"status": "streaming", "chunk": text}), event_id)
+            case Complete(text=text):
+                return sse_frame(_encode({"status": "completed", "chunk": text}), event_id)
+            case Error(type=type_, message=message):
+                return sse_frame(_encode({"status": "error", "message": message, "type": type_}), event_id)
+        return b""
+
+
+FINISH_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+
+
+def finish_reason(stop_reason: str | None) -> str | None:
+    """Anthropic's stop_reason as TanStack's finishReason (an OpenAI one passes through)."""
+    if stop_reason is None:
+        return None
+    return FINISH_REASONS.get(stop_reason, stop_reason if stop_reason in ("stop", "length", "tool_calls") else None)
+
+
+class TanStackDialect:
+    """Seed 003: TanStack AI's legacy StreamChunks (wire-formats §3.1), then [DONE]."""
+
+    stateful = True
+
+    def __init__(self, task_id: str) -> None:
+        self.message_id = task_id
+        self.model = ""
+        self.content = ""
+
+    def _chunk(self, event_id: str, kind: str, **fields: Any) -> bytes:
+        base = {"type": kind, "id": self.message_id, "model": self.model, "timestamp": int(time.time() * 1000)}
+        return sse_frame(_encode({**base, **fields}), event_id)
+
+    def render(self, event_id: str, event: Event) -> bytes:
+        match event:
+            case Start(model=model):
+                self.model = model
+            case Text(text=text) if text:
+                self.content += text
+                return self._chunk(event_id, "content", delta=text, content=self.content, role="assistant")
+            case ToolCall(index=index, id=call_id, name=name, args_delta=args):
+                function = {"name": name, "arguments": args}
+                tool_call = {"id": call_id, "type": "function", "function": function}
+                return self._chunk(event_id, "tool_call", toolCall=tool_call, index=index)
+            case Complete(stop_reason=stop_reason, usage=usage):
+                totals = {
+                    "promptTokens": usage.input_tokens,
+                    "completionTokens": usage.output_tokens,
+                    "totalTokens": usage.input_tokens + usage.output_tokens,
+                }
+                return self._chunk(event_id, "done", finishReason=finish_reason(stop_reason), usage=totals) + DONE
+            case Error(type=type_, message=message):
+                return self._chunk(event_id, "error", error={"message": message, "code": type_}) + DONE
+        return b""
+
+
+class AguiDialect:
+    """Today's @tanstack/ai-client and other AG-UI clients (wire-formats §3.2); the run id is the task id."""
+
+    stateful = True
+
+    def __init__(self, task_id: str, thread_id: str = "") -> None:
+        self.run_id = task_id
+        self.thread_id = thread_id or task_id
+        self.message_id = f"msg_{task_id}"
+        self.model = ""
+        self.text_open = False
+        self.open_tools: dict[int, str] = {}
+
+    def _frames(self, event_id: str, events: list[dict[str, Any]]) -> bytes:
+        """Several AG-UI events for one of ours: one write, only the last frame carries the id."""
+        last = len(events) - 1
+        return b"".join(sse_frame(_encode(e), event_id if i == last else None) for i, e in enumerate(events))
+
+    def _close_blocks(self) -> list[dict[str, Any]]:
+        closing = [{"type": "TOOL_CALL_END", "toolCallId": call_id} for call_id in self.open_tools.values()]
+        self.open_tools.clear()
+        if self.text_open:
+            closing.insert(0, {"type": "TEXT_MESSAGE_END", "messageId": self.message_id})
+            self.text_open = False
+        return closing
+
+    def render(self, event_id: str, event: Event) -> bytes:
+        out: list[dict[str, Any]] = []
+        match event:
+            case Start(model=model, thread_id=thread_id):
+                self.model = model
+                self.thread_id = thread_id or self.thread_id
+                out.append({"type": "RUN_STARTED", "threadId": self.thread_id, "runId": self.run_id})
+            case Text(text=text) if text:
+                if not self.text_open:
+                    out.append({"type": "TEXT_MESSAGE_START", "messageId": self.message_id, "role": "assistant"})
+                    self.text_open = True
+                out.append({"type": "TEXT_MESSAGE_CONTENT", "messageId": self.message_id, "delta": text})
+            case ToolCall(index=index, id=call_id, name=name, args_delta=args):
+                if index not in self.open_tools:
+                    self.open_tools[index] = call_id
+                    out.append(
+                        {
+                            "type": "TOOL_CALL_START",
+                            "toolCallId": call_id,
+                            "toolCallName": name,
+                            "parentMessageId": self.message_id,
+                        }
+                    )
+                if args:
+                    out.append({"type": "TOOL_CALL_ARGS", "toolCallId": call_id, "delta": args})
+            case Complete(stop_reason=stop_reason, usage=usage, model=model):
+                out.extend(self._close_blocks())
+                reason = finish_reason(stop_reason)
+                totals = {
+                    "inputTokens": usage.input_tokens,
+                    "outputTokens": usage.output_tokens,
+                    "totalTokens": usage.input_tokens + usage.output_tokens,
+                }
+                out.append(
+                    {
+                        "type": "RUN_FINISHED",
+                        "threadId": self.thread_id,
+                        "runId": self.run_id,
+                        "finishReason": reason,
+                        "usage": [totals],
+                        "metadata": {"tanstack": {"finishReason": reason, "model": model or self.model}},
+                    }
+                )
+            case Error(type=type_, message=message):
+                out.extend(self._close_blocks())
+                tanstack = {"threadId": self.thread_id, "runId": self.run_id}
+                out.append({"type": "RUN_ERROR", "message": message, "code": type_, "metadata": {"tanstack": tanstack}})
+        return self._frames(event_id, out) if out else b""
+
+
+DialectFactory = Callable[[str, str], Dialect]
+
+DIALECTS: dict[str, DialectFactory] = {
+    "native": lambda task_id, thread_id: NativeDialect(),
+    "text": lambda task_id, thread_id: TextDialect(),
+    "status": lambda task_id, thread_id: StatusDialect(),
+    "tanstack": lambda task_id, thread_id: TanStackDialect(task_id),
+    "agui": lambda task_id, thread_id: AguiDialect(task_id, thread_id),
+}

@@ -15,9 +15,10 @@ class TokenUsage(msgspec.Struct, frozen=True):
     output_tokens: int = 0
 
 
-class Start(msgspec.Struct, frozen=True, tag="start", tag_field="event"):
+class Start(msgspec.Struct, frozen=True, tag="start", tag_field="event", omit_defaults=True):
     task_id: str
     model: str
+    thread_id: str = ""  # an AG-UI client's conversation, so a later join can name it
 
 
 class Text(msgspec.Struct, frozen=True, tag="text", tag_field="event"):

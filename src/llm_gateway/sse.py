@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from .dialects import SSE_RENDERERS, Renderer
+from .dialects import DIALECTS, Dialect
 from .errors import InvalidRequest
 from .store import Store, parse_event_id
 
@@ -28,25 +28,31 @@ def resume_point(request: Request) -> str | None:
     return value.strip()
 
 
-def pick_renderer(request: Request, default: str) -> Renderer:
+def pick_dialect(request: Request, default: str, task_id: str, thread_id: str = "") -> Dialect:
     name = request.query_params.get("format", default)
-    renderer = SSE_RENDERERS.get(name)
-    if renderer is None:
+    factory = DIALECTS.get(name)
+    if factory is None:
         raise InvalidRequest(
-            f"unknown format {name!r}; one of: {', '.join(SSE_RENDERERS)}",
+            f"unknown format {name!r}; one of: {', '.join(DIALECTS)}",
             detail=[{"loc": ["query", "format"], "msg": "unknown format", "input": name[:64]}],
         )
-    return renderer
+    return factory(task_id, thread_id)
 
 
 async def frames(
-    store: Store, task_id: str, after: str | None, render: Renderer, *, heartbeat: float = KEEPALIVE_SECONDS
+    store: Store, task_id: str, after: str | None, dialect: Dialect, *, heartbeat: float = KEEPALIVE_SECONDS
 ) -> AsyncIterator[bytes]:
+    if after is not None and dialect.stateful:
+        end = parse_event_id(after)
+        for event_id, event in await store.read(task_id):
+            if parse_event_id(event_id) > end:
+                break
+            dialect.render(event_id, event)  # rebuild its state; the client has these already
     # An early comment flushes headers through buffering proxies before the first token.
     yield b": connected\n\n"
     async for batch in store.follow(task_id, after, heartbeat=heartbeat):
         if batch:
-            yield b"".join([render(event_id, event) for event_id, event in batch])
+            yield b"".join([dialect.render(event_id, event) for event_id, event in batch])
         else:
             yield b": keep-alive\n\n"
 

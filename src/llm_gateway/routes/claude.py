@@ -18,7 +18,7 @@ from ..errors import GatewayError, InvalidRequest, NotFound
 from ..events import Complete, Error, TaskError, TaskInfo, TaskResult, TokenUsage
 from ..http import JSONResponse, read_json
 from ..providers import GenerationRequest
-from ..sse import event_stream, frames, pick_renderer, resume_point
+from ..sse import event_stream, frames, pick_dialect, resume_point
 from ..state import gateway
 from ..store import parse_event_id
 
@@ -140,14 +140,14 @@ async def cancel_task(request: Request) -> Response:
 
 
 async def subscribe(request: Request) -> Response:
-    render = pick_renderer(request, "native")
     after = resume_point(request)
     info = await _task(request)
+    dialect = pick_dialect(request, "native", info.task_id)
     store = gateway(request).store
     if after is not None and info.finished and not await store.read(info.task_id, after):
         # Resumed after the terminal event: 204 is what makes EventSource stop reconnecting.
         return Response(status_code=204, headers={"X-Task-Id": info.task_id})
-    return event_stream(frames(store, info.task_id, after, render), info.task_id)
+    return event_stream(frames(store, info.task_id, after, dialect), info.task_id)
 
 
 async def replay_ws(websocket: WebSocket) -> None:
