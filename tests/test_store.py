@@ -357,3 +357,34 @@ async def test_redis_a_follower_ahead_of_a_lagging_reader_still_gets_the_end(red
     finally:
         await writer.close()
         await reader.close()
+
+
+async def test_values_with_a_ttl(store: Store) -> None:
+    assert await store.get_value("k") is None
+    await store.set_value("k", b"v1", ttl=0.2)
+    assert await store.get_value("k") == b"v1"
+    assert not await store.set_value_if_absent("k", b"v2", ttl=5)
+    assert await store.refresh_value("k", b"v1", ttl=5) and not await store.refresh_value("k", b"other", ttl=5)
+    await store.delete_value("k", if_equals=b"other")
+    assert await store.get_value("k") == b"v1"
+    await store.delete_value("k", if_equals=b"v1")
+    assert await store.set_value_if_absent("k", b"v3", ttl=0.1)
+    await asyncio.sleep(0.15)
+    assert await store.get_value("k") is None, "expired"
+    assert await store.set_value_if_absent("k", b"v4", ttl=5)
+
+
+async def test_a_lock_serialises_holders_and_outlives_its_ttl(store: Store) -> None:
+    from llm_gateway.locks import held
+
+    order: list[str] = []
+
+    async def hold(name: str) -> None:
+        async with held(store, "conv", ttl=0.15, wait=5):
+            order.append(f"{name}+")
+            await asyncio.sleep(0.3)  # twice the ttl: renewal keeps it
+            order.append(f"{name}-")
+
+    await asyncio.gather(hold("a"), hold("b"))
+    assert order in (["a+", "a-", "b+", "b-"], ["b+", "b-", "a+", "a-"])
+    assert await store.get_value("conv") is None, "released"

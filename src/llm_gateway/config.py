@@ -44,6 +44,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     upstream_max_retries: Annotated[int, Meta(ge=0, le=10)] = 2
     shutdown_grace_seconds: Annotated[float, Meta(ge=0)] = 10.0
     cache_ttl_seconds: PositiveInt = 900
+    conversation_ttl_seconds: PositiveInt = 86400
     trellis_api_key: str | None = None
     trellis_base_url: str = "https://api.piapi.ai"
     trellis_poll_interval: PositiveFloat = 2.0

@@ -28,6 +28,7 @@ Choices a reader may not expect:
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import hashlib
 import random
@@ -70,16 +71,17 @@ _SSE = "text/event-stream"
 
 @dataclasses.dataclass
 class EmulatorStats:
-    """Requests received per upstream API, faulted ones included. Every field is an int counter."""
+    """Requests received per upstream API, faulted ones included; and the last bodies, for tests to inspect."""
 
     messages: int = 0
+    bodies: collections.deque[bytes] = dataclasses.field(default_factory=lambda: collections.deque(maxlen=50))
 
     def reset(self) -> None:
-        for field in dataclasses.fields(self):
-            setattr(self, field.name, 0)
+        self.messages = 0
+        self.bodies.clear()
 
     def as_dict(self) -> dict[str, int]:
-        return dataclasses.asdict(self)
+        return {"messages": self.messages}
 
 
 def emulated_deltas(prompt: str, n: int) -> list[str]:
@@ -345,8 +347,10 @@ class _Emulator:
     async def messages(self, request: Request) -> Response:
         self.stats.messages += 1
         self._authenticate(request)
+        raw = await request.body()
+        self.stats.bodies.append(raw)
         try:
-            body = _request_decoder.decode(await request.body())
+            body = _request_decoder.decode(raw)
         except msgspec.DecodeError as exc:
             raise _APIError(400, "invalid_request_error", str(exc)) from None
         prompt = _prompt(body.messages)

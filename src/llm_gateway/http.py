@@ -85,3 +85,11 @@ def _describe(message: str, loc: list[str]) -> dict[str, Any]:
         message = match[1]
         path = loc + [p for p in re.split(r"[.\[\]]+", match[2]) if p]
     return {"loc": ["body", *path], "msg": message, "type": "invalid"}
+
+
+def require_text(value: str, field: str) -> str:
+    """Text the model must get: not empty once stripped (the Messages API refuses blank text)."""
+    if not value.strip():
+        detail = [{"loc": ["body", field], "msg": "must not be blank", "type": "invalid"}]
+        raise InvalidRequest(f"{field} must not be blank", detail=detail, status=422)
+    return value

@@ -160,6 +160,14 @@ class TaskRunner:
                 return batch[-1][1]
         raise NotFound(f"no task {task_id}")
 
+    async def answer(self, task_id: str) -> Complete:
+        """The task's complete answer, once it ends; its error as a GatewayError if it fails."""
+        terminal = await self.wait(task_id)
+        if isinstance(terminal, Error):
+            retry_after = terminal.retry_after or (1.0 if terminal.type == "interrupted" else None)
+            raise GatewayError(terminal.type, terminal.message, retry_after=retry_after)
+        return terminal
+
     async def shutdown(self) -> None:
         self._accepting = False
         pending = set(self._running.values())

@@ -15,8 +15,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..dialects import render_ws
 from ..errors import GatewayError, InvalidRequest, NotFound
-from ..events import Complete, Error, TaskError, TaskInfo, TaskResult, TokenUsage
-from ..http import JSONResponse, read_json
+from ..events import TaskError, TaskInfo, TaskResult, TokenUsage
+from ..http import JSONResponse, read_json, require_text
 from ..providers import GenerationRequest
 from ..sse import event_stream, frames, pick_dialect, resume_point
 from ..state import gateway
@@ -73,12 +73,8 @@ def generation_request(body: PromptRequest, default_model: str) -> GenerationReq
             detail=[{"loc": ["body", "prompt"], "msg": "field required", "type": "missing"}],
             status=422,
         )
-    if body.prompt is not None and not body.prompt.strip():
-        raise InvalidRequest(
-            "prompt must not be blank",
-            detail=[{"loc": ["body", "prompt"], "msg": "must not be blank", "type": "invalid"}],
-            status=422,
-        )
+    if body.prompt is not None:
+        require_text(body.prompt, "prompt")
     messages = [msgspec.to_builtins(m) for m in body.messages or ()]
     if body.prompt is not None:
         messages.append({"role": "user", "content": body.prompt})
@@ -107,11 +103,7 @@ def _accepted(info: TaskInfo) -> JSONResponse:
 
 async def prompt(request: Request) -> Response:
     info = await _submit(request)
-    terminal = await gateway(request).runner.wait(info.task_id)
-    if isinstance(terminal, Error):
-        retry_after = terminal.retry_after or (1.0 if terminal.type == "interrupted" else None)
-        raise GatewayError(terminal.type, terminal.message, retry_after=retry_after)
-    assert isinstance(terminal, Complete)
+    terminal = await gateway(request).runner.answer(info.task_id)
     body = PromptResponse(info.task_id, terminal.text, terminal.model, terminal.stop_reason, terminal.usage)
     return JSONResponse(body, headers={"X-Task-Id": info.task_id})
 

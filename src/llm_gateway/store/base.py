@@ -96,4 +96,17 @@ class Store(Protocol):
     def cancel_requests(self) -> AsyncIterator[str]:
         """Task ids whose cancellation was requested, pushed as they come (may end at once: no push)."""
 
+    # Small values with a time to live: conversations, cached answers, locks and leases.
+    async def get_value(self, key: str) -> bytes | None: ...
+
+    async def set_value(self, key: str, value: bytes, *, ttl: float) -> None: ...
+
+    async def set_value_if_absent(self, key: str, value: bytes, *, ttl: float) -> bool:
+        """Set it only if no live value is there; True if set (a lock taken)."""
+
+    async def refresh_value(self, key: str, value: bytes, *, ttl: float) -> bool:
+        """Extend the ttl if ``value`` is still what is stored; False if it is not (a lock lost)."""
+
+    async def delete_value(self, key: str, *, if_equals: bytes | None = None) -> None: ...
+
     async def close(self) -> None: ...

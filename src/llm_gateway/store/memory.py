@@ -43,6 +43,7 @@ class MemoryStore:
         self.stream_ttl = stream_ttl
         self._logs: dict[str, _Log] = {}
         self._expiry: collections.deque[tuple[float, str]] = collections.deque()
+        self._values: dict[str, tuple[bytes, float]] = {}
 
     def _purge_expired(self) -> None:
         now = time.monotonic()
@@ -166,5 +167,40 @@ class MemoryStore:
         for task_id in nothing:
             yield task_id
 
+    def _live_value(self, key: str) -> bytes | None:
+        item = self._values.get(key)
+        if item is None:
+            return None
+        if item[1] <= time.monotonic():
+            del self._values[key]
+            return None
+        return item[0]
+
+    async def get_value(self, key: str) -> bytes | None:
+        return self._live_value(key)
+
+    async def set_value(self, key: str, value: bytes, *, ttl: float) -> None:
+        if len(self._values) > 10_000:  # expired ones are dropped lazily; sweep now and then
+            for stale in [k for k, (_, expires) in self._values.items() if expires <= time.monotonic()]:
+                del self._values[stale]
+        self._values[key] = (value, time.monotonic() + ttl)
+
+    async def set_value_if_absent(self, key: str, value: bytes, *, ttl: float) -> bool:
+        if self._live_value(key) is not None:
+            return False
+        await self.set_value(key, value, ttl=ttl)
+        return True
+
+    async def refresh_value(self, key: str, value: bytes, *, ttl: float) -> bool:
+        if self._live_value(key) != value:
+            return False
+        self._values[key] = (value, time.monotonic() + ttl)
+        return True
+
+    async def delete_value(self, key: str, *, if_equals: bytes | None = None) -> None:
+        if if_equals is None or self._live_value(key) == if_equals:
+            self._values.pop(key, None)
+
     async def close(self) -> None:
         self._logs.clear()
+        self._values.clear()

@@ -117,6 +117,16 @@ local t = redis.call('TIME')
 return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', t[1] * 1000 + math.floor(t[2] / 1000), 'LIMIT', 0, 100)
 """
 
+_REFRESH_IF = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+_DELETE_IF = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
 _INTERRUPTED = Error("interrupted", "the replica running this task stopped before it finished", retryable=True)
 
 
@@ -284,6 +294,8 @@ class RedisStore:
         self._renew = client.register_script(_RENEW)
         self._append = client.register_script(_APPEND)
         self._request_cancel = client.register_script(_REQUEST_CANCEL)
+        self._refresh_if = client.register_script(_REFRESH_IF)
+        self._delete_if = client.register_script(_DELETE_IF)
         self._lapsed = client.register_script(_LAPSED)
         self._running_key = f"{prefix}running"
         self._cancel_channel = f"{prefix}cancel"
@@ -485,6 +497,33 @@ class RedisStore:
                     yield _text(message["data"])
         finally:
             await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def _value_key(self, key: str) -> str:
+        return f"{self._prefix}kv:{key}"
+
+    async def get_value(self, key: str) -> bytes | None:
+        async with asyncio.timeout(COMMAND_TIMEOUT):
+            value = await self._redis.get(self._value_key(key))
+        return None if value is None else value if isinstance(value, bytes) else value.encode()
+
+    async def set_value(self, key: str, value: bytes, *, ttl: float) -> None:
+        async with asyncio.timeout(COMMAND_TIMEOUT):
+            await self._redis.set(self._value_key(key), value, px=max(1, int(ttl * 1000)))
+
+    async def set_value_if_absent(self, key: str, value: bytes, *, ttl: float) -> bool:
+        async with asyncio.timeout(COMMAND_TIMEOUT):
+            return bool(await self._redis.set(self._value_key(key), value, px=max(1, int(ttl * 1000)), nx=True))
+
+    async def refresh_value(self, key: str, value: bytes, *, ttl: float) -> bool:
+        async with asyncio.timeout(COMMAND_TIMEOUT):
+            return bool(await self._refresh_if(keys=[self._value_key(key)], args=[value, max(1, int(ttl * 1000))]))
+
+    async def delete_value(self, key: str, *, if_equals: bytes | None = None) -> None:
+        async with asyncio.timeout(COMMAND_TIMEOUT):
+            if if_equals is None:
+                await self._redis.delete(self._value_key(key))
+            else:
+                await self._delete_if(keys=[self._value_key(key)], args=[if_equals])
 
     async def close(self) -> None:
         await self._fanout.stop()
