@@ -22,7 +22,7 @@ from .config import Settings, from_env
 from .errors import GatewayError
 from .http import error_response
 from .providers.registry import Providers
-from .routes import claude, generic, meta
+from .routes import chat, claude, generic, meta
 from .state import Gateway
 from .store import Store, open_store
 from .tasks import TaskRunner
@@ -148,7 +148,7 @@ def create_app(
         Middleware(ClientKeyMiddleware, keys=settings.client_api_keys),
     ]
     return Starlette(
-        routes=[*meta.routes, *claude.routes, *generic.routes],
+        routes=[*meta.routes, *claude.routes, *generic.routes, *chat.routes],
         middleware=middleware,
         exception_handlers={
             GatewayError: gateway_error,

@@ -118,7 +118,9 @@ class TaskRunner:
             asyncio.create_task(self._supervise(self._cancel_loop), name="cancel-listener"),
         ]
 
-    async def submit(self, task_id: str | None, request: GenerationRequest) -> tuple[TaskInfo, bool]:
+    async def submit(
+        self, task_id: str | None, request: GenerationRequest, *, thread_id: str = ""
+    ) -> tuple[TaskInfo, bool]:
         """Create and start a task; an existing id with an equal request returns that task (False)."""
         if not self._accepting:
             raise GatewayError("unavailable", "this replica is shutting down", retry_after=1)
@@ -138,7 +140,8 @@ class TaskRunner:
                 raise Conflict(f"task {task_id} exists with a different request")
             return info, False
         upstream = msgspec.structs.replace(request, model=upstream_model)
-        task = asyncio.create_task(self._generate(task_id, request.model, provider, upstream), name=f"task-{task_id}")
+        start = Start(task_id, request.model, thread_id)
+        task = asyncio.create_task(self._generate(start, provider, upstream), name=f"task-{task_id}")
         self._running[task_id] = task
         task.add_done_callback(lambda _: self._running.pop(task_id, None))
         return info, True
@@ -194,11 +197,12 @@ class TaskRunner:
             task.cancel()
         return True
 
-    async def _generate(self, task_id: str, model: str, provider: Provider, request: GenerationRequest) -> None:
+    async def _generate(self, start: Start, provider: Provider, request: GenerationRequest) -> None:
+        task_id = start.task_id
         writer = LogWriter(self.store, task_id, self.replica_id)
         terminal: Terminal | None
         try:
-            terminal = await self._run_upstream(task_id, model, provider, request, writer)
+            terminal = await self._run_upstream(start, provider, request, writer)
         except GatewayError as exc:
             terminal = Error(exc.type, exc.message, exc.retryable, exc.retry_after)
         except asyncio.CancelledError:
@@ -219,12 +223,13 @@ class TaskRunner:
             await self._release(task_id)
 
     async def _run_upstream(
-        self, task_id: str, model: str, provider: Provider, request: GenerationRequest, writer: LogWriter
+        self, start: Start, provider: Provider, request: GenerationRequest, writer: LogWriter
     ) -> Terminal | None:
         """Stream the answer into the log; the terminal event to write, or None if the task ended elsewhere."""
+        task_id, model = start.task_id, start.model
         try:
             started = await self.store.start_task(
-                task_id, owner=self.replica_id, lease_seconds=self.lease_seconds, event=Start(task_id, model)
+                task_id, owner=self.replica_id, lease_seconds=self.lease_seconds, event=start
             )
             if not started:
                 return None

@@ -1,0 +1,125 @@
+"""TanStack AI requests (legacy ``messages`` bodies and AG-UI ``RunAgentInput``) -> the Anthropic message format.
+
+Pure functions (wire-formats §3.1, §3.3): system messages become the system prompt, assistant ``toolCalls``
+become ``tool_use`` blocks, ``tool`` rows become ``tool_result`` blocks in a user turn, and consecutive turns
+of one role are merged, as the Messages API wants them to alternate. Reasoning rows are left out.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from .errors import InvalidRequest
+
+
+class ToolCallFunction(msgspec.Struct):
+    name: str
+    arguments: str | dict[str, Any] = "{}"
+
+
+class ClientToolCall(msgspec.Struct):
+    id: str
+    function: ToolCallFunction
+    type: str = "function"
+
+
+class ClientMessage(msgspec.Struct, kw_only=True):
+    role: str
+    content: str | list[dict[str, Any]] | None = None
+    toolCalls: list[ClientToolCall] | None = None
+    toolCallId: str | None = None
+
+
+def _blocks(content: str | list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    blocks = []
+    for part in content:
+        kind = part.get("type")
+        if kind == "text" and part.get("text"):
+            blocks.append({"type": "text", "text": part["text"]})
+        elif kind == "image" and isinstance(source := part.get("source"), dict):
+            if source.get("type") == "url":
+                blocks.append({"type": "image", "source": {"type": "url", "url": source.get("value", "")}})
+            elif source.get("type") in ("data", "base64"):
+                media_type = source.get("mimeType") or source.get("media_type") or "image/png"
+                data = source.get("value") or source.get("data", "")
+                blocks.append({"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}})
+    return blocks
+
+
+def _arguments(raw: str | dict[str, Any], path: str) -> dict[str, Any]:
+    if isinstance(raw, dict):
+        return raw
+    try:
+        value = msgspec.json.decode(raw or "{}")
+    except msgspec.DecodeError:
+        raise InvalidRequest("tool call arguments are not JSON", detail=[{"loc": ["body", *path.split(".")]}]) from None
+    if not isinstance(value, dict):
+        raise InvalidRequest("tool call arguments must be a JSON object", detail=[{"loc": ["body", *path.split(".")]}])
+    return value
+
+
+def _text_of(content: str | list[dict[str, Any]] | None) -> str:
+    return "".join(b["text"] for b in _blocks(content) if b["type"] == "text")
+
+
+def to_anthropic(messages: list[ClientMessage]) -> tuple[list[dict[str, Any]], str | None]:
+    """(messages, system) for the Messages API."""
+    system: list[str] = []
+    turns: list[dict[str, Any]] = []
+
+    def add(role: str, blocks: list[dict[str, Any]]) -> None:
+        if not blocks:
+            return
+        if turns and turns[-1]["role"] == role:
+            turns[-1]["content"].extend(blocks)
+        else:
+            turns.append({"role": role, "content": blocks})
+
+    for i, message in enumerate(messages):
+        if message.role == "system":
+            system.append(_text_of(message.content))
+        elif message.role == "user":
+            add("user", _blocks(message.content))
+        elif message.role == "assistant":
+            blocks = _blocks(message.content)
+            for j, call in enumerate(message.toolCalls or ()):
+                arguments = _arguments(call.function.arguments, f"messages.{i}.toolCalls.{j}.function.arguments")
+                blocks.append({"type": "tool_use", "id": call.id, "name": call.function.name, "input": arguments})
+            add("assistant", blocks)
+        elif message.role == "tool":
+            result = {
+                "type": "tool_result",
+                "tool_use_id": message.toolCallId or "",
+                "content": _text_of(message.content),
+            }
+            add("user", [result])
+        # "reasoning" rows and unknown roles carry nothing the Messages API takes back.
+    if not turns or turns[-1]["role"] != "user":
+        raise InvalidRequest(
+            "the conversation must end with a user message or tool results",
+            detail=[{"loc": ["body", "messages"], "msg": "no user turn to answer"}],
+            status=422,
+        )
+    return turns, "\n\n".join(s for s in system if s) or None
+
+
+def to_anthropic_tools(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    """Client tools (AG-UI ``{name, description, parameters}`` or OpenAI-style ``{function: {...}}``)."""
+    converted = []
+    for tool in tools or ():
+        spec = tool.get("function", tool)
+        name = spec.get("name")
+        if not isinstance(name, str) or not name:
+            raise InvalidRequest("every tool needs a name", detail=[{"loc": ["body", "tools"]}])
+        schema = spec.get("parameters") or spec.get("inputSchema") or spec.get("input_schema") or {"type": "object"}
+        entry: dict[str, Any] = {"name": name, "input_schema": schema}
+        if spec.get("description"):
+            entry["description"] = spec["description"]
+        converted.append(entry)
+    return converted or None
