@@ -17,6 +17,7 @@ from starlette.routing import Route
 from ..errors import GatewayError, InvalidRequest, NotFound
 from ..events import TaskInfo
 from ..http import read_body, require_text, validate
+from ..openapi import doc
 from ..providers import GenerationRequest
 from ..sse import event_stream, frames, pick_dialect, resume_point
 from ..state import Gateway, gateway
@@ -127,6 +128,13 @@ async def _cached_task(gw: Gateway, request: GenerationRequest, use_cache: bool)
     raise GatewayError("unavailable", "the answer cache is busy; try again", retry_after=1)
 
 
+@doc(
+    "Chat stream: question (status, cached), AG-UI run (agui), or messages (tanstack)",
+    body=[QuestionRequest, RunAgentInput, MessagesRequest],
+    stream="status | agui | tanstack, by the body",
+    query=["format"],
+    tag="chat",
+)
 async def chat(request: Request) -> Response:
     gw = gateway(request)
     raw = await read_body(request, gw.settings.max_body_bytes)
@@ -181,6 +189,7 @@ async def _legacy(request: Request, gw: Gateway, body: MessagesRequest) -> Respo
     return event_stream(frames(gw.store, info.task_id, resume_point(request), dialect), info.task_id)
 
 
+@doc("Join an AG-UI run (joinRun)", stream="agui", query=["runId", "offset", "threadId", "format"], tag="chat")
 async def join_run(request: Request) -> Response:
     """GET /chat?runId=…&offset=-1: joinRun() of @tanstack/ai-client, from the start (or after ``offset``)."""
     gw = gateway(request)

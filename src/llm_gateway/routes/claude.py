@@ -17,6 +17,7 @@ from ..dialects import render_ws
 from ..errors import GatewayError, InvalidRequest, NotFound
 from ..events import TaskError, TaskInfo, TaskResult, TokenUsage
 from ..http import JSONResponse, read_json, require_text
+from ..openapi import doc
 from ..providers import GenerationRequest
 from ..sse import event_stream, frames, pick_dialect, resume_point
 from ..state import gateway
@@ -55,6 +56,12 @@ class Accepted(msgspec.Struct):
     status: str
     status_url: str
     stream_url: str
+
+
+class CancelRequested(msgspec.Struct):
+    task_id: str
+    status: str
+    cancel_requested: bool
 
 
 class TaskStatus(msgspec.Struct, omit_defaults=True):
@@ -101,6 +108,7 @@ def _accepted(info: TaskInfo) -> JSONResponse:
     return JSONResponse(body, status_code=202, headers={"X-Task-Id": info.task_id, "Location": status_url})
 
 
+@doc("Run a prompt and wait for the whole answer", body=[PromptRequest], response=PromptResponse, tag="claude")
 async def prompt(request: Request) -> Response:
     info = await _submit(request)
     terminal = await gateway(request).runner.answer(info.task_id)
@@ -108,6 +116,7 @@ async def prompt(request: Request) -> Response:
     return JSONResponse(body, headers={"X-Task-Id": info.task_id})
 
 
+@doc("Start a task (or queue one with your task_id)", body=[PromptRequest], response=Accepted, status=202, tag="claude")
 async def prompt_async(request: Request) -> Response:
     return _accepted(await _submit(request))
 
@@ -120,17 +129,20 @@ async def _task(request: Request) -> TaskInfo:
     return info
 
 
+@doc("A task's status and result", response=TaskStatus, tag="claude")
 async def task_status(request: Request) -> Response:
     info = await _task(request)
     body = TaskStatus(info.task_id, info.status, info.created_at, info.updated_at, info.result, info.error)
     return JSONResponse(body)
 
 
+@doc("Cancel a task wherever it runs", response=CancelRequested, status=202, tag="claude")
 async def cancel_task(request: Request) -> Response:
     info = await gateway(request).runner.cancel(request.path_params["task_id"])
-    return JSONResponse({"task_id": info.task_id, "status": info.status, "cancel_requested": True}, status_code=202)
+    return JSONResponse(CancelRequested(info.task_id, info.status, True), status_code=202)
 
 
+@doc("Stream a task's events (from any replica)", stream="native", query=["format", "last_event_id"], tag="claude")
 async def subscribe(request: Request) -> Response:
     after = resume_point(request)
     info = await _task(request)

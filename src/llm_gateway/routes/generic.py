@@ -17,6 +17,7 @@ from ..errors import GatewayError, InvalidRequest, utc_now_iso
 from ..events import Complete, Error, Text
 from ..http import JSONResponse, read_json, validate
 from ..locks import held
+from ..openapi import doc
 from ..providers import GenerationRequest
 from ..sse import event_stream, frames, pick_dialect
 from ..state import Gateway, gateway
@@ -93,6 +94,7 @@ def answered(complete: Complete, prompt: str, task_id: str, conversation_id: str
     )
 
 
+@doc("Generate text (seed 001)", body=[GenerateRequest], response=GenerateResponse, tag="generic")
 async def generate(request: Request) -> Response:
     gw = gateway(request)
     body = await read_json(request, GenerateRequest, gw.settings.max_body_bytes)
@@ -101,6 +103,7 @@ async def generate(request: Request) -> Response:
     return JSONResponse(answered(complete, body.prompt, info.task_id), headers={"X-Task-Id": info.task_id})
 
 
+@doc("One turn of a kept conversation (seed 001)", body=[ChatRequest], response=GenerateResponse, tag="generic")
 async def chat(request: Request) -> Response:
     """One turn of a conversation kept in the store; turns of one conversation run one after the other."""
     gw = gateway(request)
@@ -138,11 +141,13 @@ async def _text_stream(request: Request, body: GenerateRequest | QueryRequest) -
     return event_stream(frames(gw.store, info.task_id, None, dialect), info.task_id)
 
 
+@doc("Stream generated text (seed 001)", body=[GenerateRequest], stream="text", query=["format"], tag="generic")
 async def stream(request: Request) -> Response:
     body = await read_json(request, GenerateRequest, gateway(request).settings.max_body_bytes)
     return await _text_stream(request, body)
 
 
+@doc("Stream an answer as text (seed 004)", body=[QueryRequest], stream="text", query=["format"], tag="generic")
 async def llm_query(request: Request) -> Response:
     body = await read_json(request, QueryRequest, gateway(request).settings.max_body_bytes)
     return await _text_stream(request, body)
