@@ -101,8 +101,15 @@ async def one_gateway(client: httpx.AsyncClient, url: str, body: dict[str, objec
         return await read_stream(response, start, "event: chunk", "event: complete", deltas)
 
 
+async def one_query(client: httpx.AsyncClient, url: str, body: dict[str, object], deltas: int) -> float:
+    """One request: POST /llm/query answers with the stream itself (text dialect: one id: line per delta)."""
+    start = time.perf_counter()
+    async with client.stream("POST", f"{url}/llm/query", json={"prompt": body["prompt"]}) as response:
+        return await read_stream(response, start, "id: ", "data: [DONE]", deltas)
+
+
 async def run(
-    name: str, url: str, pid: int, streams: int, concurrency: int, deltas: int, gateway: bool
+    name: str, url: str, pid: int, streams: int, concurrency: int, deltas: int, gateway: str
 ) -> tuple[Result, list[float]]:
     """Throughput at ``concurrency``, then time to first event one stream at a time (no queueing)."""
     body: dict[str, object] = {
@@ -114,7 +121,7 @@ async def run(
     }
     limits = httpx.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2)
     async with httpx.AsyncClient(limits=limits, timeout=60) as client:
-        one = one_gateway if gateway else one_direct
+        one = {"direct": one_direct, "subscribe": one_gateway, "query": one_query}[gateway]
         await asyncio.gather(*(one(client, url, body, deltas) for _ in range(concurrency)))  # warm up connections
         semaphore = asyncio.Semaphore(concurrency)
 
@@ -139,6 +146,13 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--deltas", type=int, default=50)
     parser.add_argument("--redis", action="store_true", help="also run the gateway on a real redis-server")
+    parser.add_argument(
+        "--path",
+        choices=["subscribe", "query"],
+        default="subscribe",
+        help="subscribe: POST /api/claude/prompt/async + GET /api/claude/subscribe (two requests); "
+        "query: POST /llm/query, which answers with the stream (one request, like the direct one)",
+    )
     args = parser.parse_args()
     if not 1 <= args.streams <= 20_000:
         parser.error("--streams must be within 1..20000")
@@ -168,7 +182,7 @@ def main() -> None:
         results = []
         latencies = []
         direct, direct_alone = asyncio.run(
-            run("direct to emulator", emu_url, emulator.pid, args.streams, args.concurrency, args.deltas, gateway=False)
+            run("direct to emulator", emu_url, emulator.pid, args.streams, args.concurrency, args.deltas, "direct")
         )
         results.append(direct)
         latencies.append(direct_alone)
@@ -198,7 +212,7 @@ def main() -> None:
                     args.streams,
                     args.concurrency,
                     args.deltas,
-                    gateway=True,
+                    args.path,
                 )
             )
             results.append(result)
@@ -206,7 +220,9 @@ def main() -> None:
             gateway.send_signal(signal.SIGTERM)
             gateway.wait(timeout=30)
 
-        print(f"{args.streams} streams of {args.deltas} deltas, {args.concurrency} at a time")
+        print(
+            f"{args.streams} streams of {args.deltas} deltas, {args.concurrency} at a time, gateway path: {args.path}"
+        )
         for result in results:
             print(result.row())
         base = statistics.median(direct_alone)
