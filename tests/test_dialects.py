@@ -110,6 +110,18 @@ def test_agui_events_in_order() -> None:
     assert all(e["delta"] for e in events if "delta" in e), "deltas are never empty"
     assert events[-1]["usage"] == [{"inputTokens": 10, "outputTokens": 7, "totalTokens": 17}]
     assert events[-1]["metadata"]["tanstack"] == {"finishReason": "tool_calls", "model": "claude-x"}
+    assert events[-1]["outcome"] == {
+        "type": "interrupt",
+        "interrupts": [
+            {
+                "id": "client_tool_toolu_1",
+                "reason": "tanstack:client_tool_execution",
+                "message": "Client tool get_weather is ready to run",
+                "toolCallId": "toolu_1",
+                "metadata": {"kind": "client_tool", "toolName": "get_weather", "input": {"city": "Paris"}},
+            }
+        ],
+    }
     assert b"[DONE]" not in raw
     # Several AG-UI events for one of ours: only the last frame carries the id.
     first_text = AguiDialect("r1").render("9-9", Text(0, "a"))

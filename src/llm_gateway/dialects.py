@@ -210,6 +210,7 @@ class AguiDialect:
         self.model = ""
         self.text_open = False
         self.open_tools: dict[int, str] = {}
+        self.calls: dict[str, tuple[str, list[str]]] = {}  # tool call id -> (name, argument fragments)
 
     def _frames(self, event_id: str, events: list[dict[str, Any]]) -> bytes:
         """Several AG-UI events for one of ours: one write, only the last frame carries the id."""
@@ -223,6 +224,24 @@ class AguiDialect:
             closing.insert(0, {"type": "TEXT_MESSAGE_END", "messageId": self.message_id})
             self.text_open = False
         return closing
+
+    def _client_tools(self) -> list[dict[str, Any]]:
+        interrupts = []
+        for call_id, (name, fragments) in self.calls.items():
+            try:
+                arguments = msgspec.json.decode("".join(fragments) or "{}")
+            except msgspec.DecodeError:
+                arguments = {}
+            interrupts.append(
+                {
+                    "id": f"client_tool_{call_id}",
+                    "reason": "tanstack:client_tool_execution",
+                    "message": f"Client tool {name} is ready to run",
+                    "toolCallId": call_id,
+                    "metadata": {"kind": "client_tool", "toolName": name, "input": arguments},
+                }
+            )
+        return interrupts
 
     def render(self, event_id: str, event: Event) -> bytes:
         out: list[dict[str, Any]] = []
@@ -247,6 +266,7 @@ class AguiDialect:
                             "parentMessageId": self.message_id,
                         }
                     )
+                self.calls.setdefault(call_id, (name, []))[1].append(args)
                 if args:
                     out.append({"type": "TOOL_CALL_ARGS", "toolCallId": call_id, "delta": args})
             case Complete(stop_reason=stop_reason, usage=usage, model=model):
@@ -257,16 +277,19 @@ class AguiDialect:
                     "outputTokens": usage.output_tokens,
                     "totalTokens": usage.input_tokens + usage.output_tokens,
                 }
-                out.append(
-                    {
-                        "type": "RUN_FINISHED",
-                        "threadId": self.thread_id,
-                        "runId": self.run_id,
-                        "finishReason": reason,
-                        "usage": [totals],
-                        "metadata": {"tanstack": {"finishReason": reason, "model": model or self.model}},
-                    }
-                )
+                finished: dict[str, Any] = {
+                    "type": "RUN_FINISHED",
+                    "threadId": self.thread_id,
+                    "runId": self.run_id,
+                    "finishReason": reason,
+                    "usage": [totals],
+                    "metadata": {"tanstack": {"finishReason": reason, "model": model or self.model}},
+                }
+                if reason == "tool_calls" and self.calls:
+                    # The gateway runs no tools: every call is the client's to run, handed over as TanStack's
+                    # own server does (an interrupt per call), so the client runs it and sends the result back.
+                    finished["outcome"] = {"type": "interrupt", "interrupts": self._client_tools()}
+                out.append(finished)
             case Error(type=type_, message=message):
                 out.extend(self._close_blocks())
                 tanstack = {"threadId": self.thread_id, "runId": self.run_id}
