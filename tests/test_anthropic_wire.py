@@ -78,7 +78,7 @@ def test_decoder_joins_multi_line_data_and_skips_comments() -> None:
 
 def test_mapper_gives_our_events() -> None:
     mapper = StreamMapper("requested-model")
-    events = mapper.feed_payloads(SSEDecoder().feed(wire()))
+    events = list(mapper.feed_payloads(SSEDecoder().feed(wire())))
     assert events == [
         Text(0, "Checking\nthe café"),
         ToolCall(1, "toolu_01", "get_weather", ""),
@@ -90,8 +90,12 @@ def test_mapper_gives_our_events() -> None:
     assert mapper.complete == Complete("Checking\nthe café", "tool_use", TokenUsage(380, 42), "claude-x")
 
 
-def test_an_error_event_mid_stream_raises_the_mapped_error() -> None:
+def test_an_error_event_mid_stream_raises_the_mapped_error_after_the_text_before_it() -> None:
+    text = b'{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"kept"}}'
     error = b'{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}'
+    got = []
     with pytest.raises(GatewayError) as raised:
-        StreamMapper("m").feed_payloads([error])
+        for event in StreamMapper("m").feed_payloads([text, error]):  # one network chunk
+            got.append(event)
+    assert got == [Text(0, "kept")]
     assert raised.value.type == "upstream_overloaded" and raised.value.status == 503

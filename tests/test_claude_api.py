@@ -334,6 +334,7 @@ async def test_info_health_and_auth_status(gateway: str) -> None:
     assert index["name"] == "llm-gateway" and "POST /api/claude/prompt" in index["endpoints"]
     assert health.status_code == 200 and health.json()["status"] == "healthy"
     assert health.json()["claude_client"] == "initialized" and health.json()["auth_type"] == "api_key"
+    assert health.json()["providers"] == {"claude": True, "openai": False, "cerebras": False, "gemini": False}
     assert auth["authenticated"] is True and auth["api_key"].startswith("sk-ant-") and "…" in auth["api_key"]
     assert "0123456789abcdefghij" not in json.dumps(auth)
 

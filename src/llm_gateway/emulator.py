@@ -1,8 +1,9 @@
-"""A deterministic emulator of the Anthropic Messages API, for tests, ``llm-gateway --demo`` and benchmarks.
+"""A deterministic emulator of the Anthropic Messages API and of OpenAI's chat completions, for tests,
+``llm-gateway --demo`` and benchmarks.
 
 The answer to a request is derived from the text of its last user message (the *prompt*): the same prompt
-always yields the same words (`emulated_deltas`). A test steers the emulator with directives anywhere in
-that text, e.g. ``hello [emu:deltas=10] [emu:fault=529]``:
+always yields the same words (`emulated_deltas`), through either API. A test steers the emulator with
+directives anywhere in that text, e.g. ``hello [emu:deltas=10] [emu:fault=529]``:
 
     deltas=N        number of text deltas (default: the app's ``deltas``)
     delay_ms=N      pause between deltas (default: the app's ``delay``); a non-streaming
@@ -12,7 +13,8 @@ that text, e.g. ``hello [emu:deltas=10] [emu:fault=529]``:
                     ``event: error``, cut the connection, or go silent until the client leaves
     after=N         see ``fault``
     retry_after=N   ``retry-after`` header of fault=429 (default 1)
-    tool=NAME       answer with a tool_use block after the text (`emulated_tool_input`)
+    tool=NAME       answer with a tool_use block after the text (`emulated_tool_input`); on
+                    chat completions, a tool call `emulated_call_id` whose arguments come in two fragments
 
 Choices a reader may not expect:
 
@@ -23,6 +25,11 @@ Choices a reader may not expect:
 - Streams are raw ASGI rather than `StreamingResponse`, so that ``drop`` can end a response
   half-way: uvicorn closes the socket when an app returns mid-body (and logs one line).
 - The ``/_emulator/*`` routes need no API key.
+- ``POST /v1/chat/completions`` answers in OpenAI's shapes: errors ``{"error": {message, type, param, code}}``,
+  fault 529 as a 503, ``error_midstream`` as a ``data: {"error": …}`` frame, the key as ``Authorization:
+  Bearer`` only. A conversation ending in ``tool`` messages has their contents as its prompt, which is what
+  the Messages side makes of the same turn (tool results only). ``max_completion_tokens`` or ``max_tokens``
+  cut the text (``finish_reason: "length"``).
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import hashlib
 import random
 import re
 import secrets
+import time
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
@@ -48,6 +56,7 @@ from starlette.types import Receive, Scope, Send
 __all__ = [
     "EmulatorStats",
     "create_emulator_app",
+    "emulated_call_id",
     "emulated_deltas",
     "emulated_text",
     "emulated_tool_id",
@@ -74,14 +83,16 @@ class EmulatorStats:
     """Requests received per upstream API, faulted ones included; and the last bodies, for tests to inspect."""
 
     messages: int = 0
+    chat_completions: int = 0
     bodies: collections.deque[bytes] = dataclasses.field(default_factory=lambda: collections.deque(maxlen=50))
 
     def reset(self) -> None:
         self.messages = 0
+        self.chat_completions = 0
         self.bodies.clear()
 
     def as_dict(self) -> dict[str, int]:
-        return {"messages": self.messages}
+        return {"messages": self.messages, "chat_completions": self.chat_completions}
 
 
 def emulated_deltas(prompt: str, n: int) -> list[str]:
@@ -100,6 +111,11 @@ def emulated_text(prompt: str, n: int) -> str:
 
 def emulated_tool_id(prompt: str) -> str:
     return "toolu_emu_" + hashlib.sha256(b"tool:" + prompt.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+
+
+def emulated_call_id(prompt: str) -> str:
+    """The id of the tool call a chat completion answers ``prompt`` with (OpenAI's ids start ``call_``)."""
+    return "call_emu_" + emulated_tool_id(prompt).removeprefix("toolu_emu_")
 
 
 def emulated_tool_input(prompt: str) -> dict[str, str]:
@@ -334,6 +350,143 @@ async def _until_disconnect(receive: Receive) -> None:
         pass
 
 
+# --- OpenAI chat completions ------------------------------------------------------------------------------
+
+
+class _ChatMessage(msgspec.Struct):
+    role: str
+    content: str | list[dict[str, Any]] | None = None
+
+
+class _StreamOptions(msgspec.Struct):
+    include_usage: bool = False
+
+
+class _ChatRequest(msgspec.Struct):
+    model: str
+    messages: Annotated[list[_ChatMessage], msgspec.Meta(min_length=1)]
+    max_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    max_completion_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    stream: bool = False
+    stream_options: _StreamOptions | None = None
+    temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
+
+
+_chat_request_decoder = msgspec.json.Decoder(_ChatRequest)
+
+_CHAT_FAULTS: dict[str, tuple[int, str, str | None, str]] = {
+    "401": (401, "invalid_request_error", "invalid_api_key", "Incorrect API key provided"),
+    "429": (429, "requests", "rate_limit_exceeded", "Rate limit reached for requests"),
+    "500": (500, "server_error", None, "The server had an error while processing your request"),
+    "529": (503, "server_error", "overloaded", "The engine is currently overloaded, please try again later"),
+}
+
+
+class _ChatError(_APIError):
+    """An OpenAI error response: ``_chat_error_response`` renders it."""
+
+    def __init__(
+        self, status: int, error_type: str, code: str | None, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(status, error_type, message, headers)
+        self.code = code
+
+
+def _chat_error(error_type: str, code: str | None, message: str) -> dict[str, Any]:
+    return {"error": {"message": message, "type": error_type, "param": None, "code": code}}
+
+
+def _chat_error_response(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, _ChatError)
+    headers = {"x-request-id": _request_id(), **exc.headers}
+    body = _chat_error(exc.type, exc.code, exc.message)
+    return Response(_encode(body), exc.status, headers, media_type="application/json")
+
+
+def _chat_text(content: str | list[dict[str, Any]] | None) -> str:
+    if isinstance(content, list):
+        return "".join(
+            part["text"] for part in content if part.get("type") == "text" and isinstance(part.get("text"), str)
+        )
+    return content or ""
+
+
+def _chat_prompt(messages: list[_ChatMessage]) -> str:
+    """The trailing tool messages' contents if the conversation ends with some, else the last user message's text."""
+    trailing = []
+    for message in reversed(messages):
+        if message.role != "tool":
+            break
+        trailing.append(_chat_text(message.content))
+    if trailing:
+        return "".join(reversed(trailing))
+    return next((_chat_text(m.content) for m in reversed(messages) if m.role == "user"), "")
+
+
+@dataclasses.dataclass
+class _ChatAnswer:
+    request: _ChatRequest
+    prompt: str
+    deltas: list[str]
+    tool: str | None
+    finish_reason: str
+    id: str = dataclasses.field(default_factory=lambda: "chatcmpl-emu-" + secrets.token_hex(12))
+    created: int = dataclasses.field(default_factory=lambda: int(time.time()))
+
+    @property
+    def usage(self) -> dict[str, int]:
+        chars = sum(len(text) for message in self.request.messages for text in _texts(message.content))
+        prompt_tokens, completion_tokens = max(1, chars // 4), len(self.deltas) + (3 if self.tool else 0)
+        total = prompt_tokens + completion_tokens
+        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": total}
+
+    @property
+    def include_usage(self) -> bool:
+        return self.request.stream_options is not None and self.request.stream_options.include_usage
+
+    def completion(self) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(self.deltas), "refusal": None}
+        if self.tool:
+            arguments = _encode(emulated_tool_input(self.prompt)).decode()
+            function = {"name": self.tool, "arguments": arguments}
+            message["tool_calls"] = [{"id": emulated_call_id(self.prompt), "type": "function", "function": function}]
+        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": self.finish_reason}
+        return {**self._base("chat.completion"), "choices": [choice], "usage": self.usage}
+
+    def frames(self) -> tuple[list[bytes], list[bytes], list[bytes]]:
+        """The SSE frames: the role chunk, the text deltas, then tool calls, finish, usage and ``[DONE]``."""
+        head = [self._chunk({"role": "assistant", "content": ""})]
+        deltas = [self._chunk({"content": text}) for text in self.deltas]
+        tail = []
+        if self.tool:
+            arguments = _encode(emulated_tool_input(self.prompt)).decode()
+            half = len(arguments) // 2
+            opening = {"index": 0, "id": emulated_call_id(self.prompt), "type": "function"}
+            opening["function"] = {"name": self.tool, "arguments": ""}
+            tail.append(self._chunk({"tool_calls": [opening]}))
+            for fragment in (arguments[:half], arguments[half:]):
+                tail.append(self._chunk({"tool_calls": [{"index": 0, "function": {"arguments": fragment}}]}))
+        tail.append(self._chunk({}, self.finish_reason))
+        if self.include_usage:
+            tail.append(_data_frame({**self._base("chat.completion.chunk"), "choices": [], "usage": self.usage}))
+        tail.append(b"data: [DONE]\n\n")
+        return head, deltas, tail
+
+    def _base(self, kind: str) -> dict[str, Any]:
+        return {"id": self.id, "object": kind, "created": self.created, "model": self.request.model}
+
+    def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        chunk = {**self._base("chat.completion.chunk"), "choices": [choice]}
+        if self.include_usage:
+            chunk["usage"] = None  # as OpenAI sends it on every chunk but the last
+        return _data_frame(chunk)
+
+
+def _data_frame(data: dict[str, Any]) -> bytes:
+    return b"data: " + _encode(data) + b"\n\n"
+
+
 # --- the app ----------------------------------------------------------------------------------------------
 
 
@@ -388,6 +541,53 @@ class _Emulator:
                 return _Stream(head, delta_frames, [], media_type=_SSE, delay=delay, end=fault)
         return _Stream(head, delta_frames, tail, media_type=_SSE, delay=delay)
 
+    async def chat_completions(self, request: Request) -> Response:
+        self.stats.chat_completions += 1
+        if self.api_key is not None and request.headers.get("authorization") != f"Bearer {self.api_key}":
+            raise _ChatError(401, "invalid_request_error", "invalid_api_key", "Incorrect API key provided")
+        raw = await request.body()
+        self.stats.bodies.append(raw)
+        try:
+            body = _chat_request_decoder.decode(raw)
+            prompt = _chat_prompt(body.messages)
+            directives = _directives(prompt)
+        except msgspec.DecodeError as exc:
+            raise _ChatError(400, "invalid_request_error", None, str(exc)) from None
+        except _APIError as exc:
+            raise _ChatError(exc.status, exc.type, None, exc.message) from None
+        fault = directives.fault
+        if fault == "error_midstream" and not body.stream:
+            fault = "529"
+        if fault in _CHAT_FAULTS:
+            status, kind, code, message = _CHAT_FAULTS[fault]
+            headers = {"retry-after": str(directives.retry_after)} if status == 429 else None
+            raise _ChatError(status, kind, code, message, headers)
+
+        n = self.deltas if directives.deltas is None else directives.deltas
+        delay = self.delay if directives.delay_ms is None else directives.delay_ms / 1000
+        limit = body.max_completion_tokens or body.max_tokens
+        deltas = emulated_deltas(prompt, n)[:limit]
+        truncated = len(deltas) < n
+        tool = None if truncated else directives.tool
+        answer = _ChatAnswer(body, prompt, deltas, tool, "length" if truncated else "tool_calls" if tool else "stop")
+
+        if not body.stream:
+            if fault == "drop" or fault == "stall":
+                return _Stream([], [], [], media_type="application/json", delay=0, end=fault)
+            if directives.delay_ms is not None:
+                await asyncio.sleep(delay * len(deltas))
+            return _json(answer.completion())
+
+        head, delta_frames, tail = answer.frames()
+        match fault:
+            case "error_midstream":
+                error = _data_frame(_chat_error("server_error", "overloaded", "The server is overloaded"))
+                return _Stream(head, delta_frames[: directives.after], [error], media_type=_SSE, delay=delay)
+            case "drop" | "stall":
+                delta_frames = delta_frames[: directives.after]
+                return _Stream(head, delta_frames, [], media_type=_SSE, delay=delay, end=fault)
+        return _Stream(head, delta_frames, tail, media_type=_SSE, delay=delay)
+
     def _authenticate(self, request: Request) -> None:
         if self.api_key is None:
             return
@@ -412,10 +612,15 @@ def create_emulator_app(*, deltas: int = 50, delay: float = 0.0, api_key: str | 
         routes=[
             Route("/", emulator.index),
             Route("/v1/messages", emulator.messages, methods=["POST"]),
+            Route("/v1/chat/completions", emulator.chat_completions, methods=["POST"]),
             Route("/_emulator/stats", emulator.get_stats),
             Route("/_emulator/reset", emulator.reset, methods=["POST"]),
         ],
-        exception_handlers={HTTPException: _error_response, _APIError: _error_response},
+        exception_handlers={
+            HTTPException: _error_response,
+            _APIError: _error_response,
+            _ChatError: _chat_error_response,
+        },
     )
     app.state.stats = emulator.stats
     return app

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, cast
 
 import anthropic
@@ -96,15 +96,16 @@ class StreamMapper:
         self.stop_reason: str | None = None
         self.complete: Complete | None = None
 
-    def feed_payloads(self, payloads: list[bytes]) -> list[Event]:
-        """Events for a run of SSE ``data`` payloads; the final ``complete`` is kept in ``self.complete``."""
-        events: list[Event] = []
+    def feed_payloads(self, payloads: list[bytes]) -> Iterator[Event]:
+        """Events for a run of SSE ``data`` payloads; the final ``complete`` is kept in ``self.complete``.
+
+        A generator, so the events before an ``error`` payload of the same chunk still reach the log.
+        """
         for payload in payloads:
             raw = decode_wire_event(payload)
             if raw.type == "error" and raw.error is not None:
                 raise error_from_upstream(200, raw.error.type, raw.error.message)
-            events.extend(self.feed(raw))
-        return events
+            yield from self.feed(raw)
 
     def feed(self, raw: WireEvent) -> list[Event]:
         kind, delta = raw.type, raw.delta

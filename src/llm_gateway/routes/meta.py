@@ -44,6 +44,7 @@ class Health(msgspec.Struct):
     status: str
     store: StoreHealth
     claude_client: str
+    providers: dict[str, bool]
     auth_type: str | None
     model: str
     running_tasks: int
@@ -86,6 +87,7 @@ async def health(request: Request) -> Response:
         status="healthy" if store_ok else "unhealthy",
         store=StoreHealth("redis" if gw.settings.redis_url else "embedded", store_ok),
         claude_client="initialized" if gw.providers.claude is not None else "not configured",
+        providers=gw.providers.configured(),
         auth_type=auth_type(request),
         model=gw.settings.claude_model,
         running_tasks=gw.runner.running_count,
