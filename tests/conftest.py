@@ -98,7 +98,7 @@ class Emulator:
 @pytest.fixture
 async def emulator() -> AsyncIterator[Emulator]:
     app = create_emulator_app(api_key=EMULATOR_KEY)
-    async with serve(app, lifespan="off") as url:
+    async with serve(app) as url:  # its lifespan owns the webhook timers
         yield Emulator(url, app.state.stats)
 
 

@@ -442,7 +442,17 @@ async def test_stats_count_requests_and_reset(
         await client.messages.create(model=MODEL, max_tokens=10, messages=user("[emu:fault=529]"))
     await http.post("/v1/messages", content=b"nonsense")
     assert stats.messages == 3
-    assert (await http.get("/_emulator/stats")).json() == {"messages": 3, "chat_completions": 0}
+    assert (await http.get("/_emulator/stats")).json() == {
+        "messages": 3,
+        "chat_completions": 0,
+        "piapi_creates": 0,
+        "piapi_gets": 0,
+    }
     assert (await http.post("/_emulator/reset")).status_code == 200
     assert stats.messages == 0
-    assert (await http.get("/_emulator/stats")).json() == {"messages": 0, "chat_completions": 0}
+    assert (await http.get("/_emulator/stats")).json() == {
+        "messages": 0,
+        "chat_completions": 0,
+        "piapi_creates": 0,
+        "piapi_gets": 0,
+    }

@@ -553,7 +553,7 @@ async def test_registry_routes_vendor_prefixes() -> None:
 @pytest.fixture
 async def emu() -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
     app = create_emulator_app(api_key="s3cret", deltas=5)
-    async with serve(app, lifespan="off") as url, httpx.AsyncClient(base_url=url) as client:
+    async with serve(app) as url, httpx.AsyncClient(base_url=url) as client:
         client.headers["authorization"] = "Bearer s3cret"
         yield client, app.state.stats
 
@@ -689,11 +689,18 @@ async def test_emulator_auth_validation_and_stats(emu: tuple[httpx.AsyncClient, 
         response = await client.post(url, content=bad)
         assert response.status_code == 400 and response.json()["error"]["type"] == "invalid_request_error"
     assert stats.chat_completions == 5 and stats.messages == 0
-    assert (await client.get("/_emulator/stats")).json() == {"messages": 0, "chat_completions": 5}
+    assert (await client.get("/_emulator/stats")).json() == {
+        "messages": 0,
+        "chat_completions": 5,
+        "piapi_creates": 0,
+        "piapi_gets": 0,
+    }
     await client.post("/_emulator/reset")
     assert stats.chat_completions == 0 and (await client.get("/_emulator/stats")).json() == {
         "messages": 0,
         "chat_completions": 0,
+        "piapi_creates": 0,
+        "piapi_gets": 0,
     }
 
 

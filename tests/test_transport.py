@@ -40,7 +40,7 @@ async def raw_stream(sdk: anthropic.AsyncAnthropic, prompt: str) -> bytes:
 
 
 async def streams_and_keeps_alive() -> None:
-    async with serve(create_emulator_app(), lifespan="off") as url:
+    async with serve(create_emulator_app()) as url:
         transport = LeanTransport()
         async with client(url, transport) as sdk:
             for n in (5, 300, 1):
@@ -58,7 +58,7 @@ async def streams_and_keeps_alive() -> None:
 
 
 async def faults_become_httpx2_errors() -> None:
-    async with serve(create_emulator_app(), lifespan="off") as url:
+    async with serve(create_emulator_app()) as url:
         async with client(url, LeanTransport(), read=0.3) as sdk:
             with pytest.raises(httpx2.RemoteProtocolError):
                 await stream_text(sdk, "[emu:fault=drop] [emu:after=2]")

@@ -22,10 +22,11 @@ from .config import Settings, from_env
 from .errors import GatewayError
 from .http import error_response
 from .providers.registry import Providers
-from .routes import chat, claude, generic, meta
+from .routes import chat, claude, generic, meta, trellis as trellis_routes
 from .state import Gateway
 from .store import Store, open_store
 from .tasks import TaskRunner
+from .trellis import PiAPIClient, TrellisTracker
 
 log = logging.getLogger("llm_gateway")
 
@@ -129,10 +130,21 @@ def create_app(
             grace_seconds=settings.shutdown_grace_seconds,
         )
         await runner.start()
-        app.state.gateway = Gateway(settings, opened_store, opened_providers, runner)
+        piapi = PiAPIClient(settings.trellis_base_url, settings.trellis_api_key, timeout=settings.trellis_timeout)
+        trellis = TrellisTracker(
+            opened_store,
+            piapi,
+            interval=settings.trellis_poll_interval,
+            max_wait=settings.trellis_max_wait,
+            replica_id=runner.replica_id,
+        )
+        await trellis.start()
+        app.state.gateway = Gateway(settings, opened_store, opened_providers, runner, trellis)
         try:
             yield
         finally:
+            await trellis.stop()
+            await piapi.close()
             await runner.shutdown()
             await opened_providers.close()
             await opened_store.close()
@@ -148,7 +160,7 @@ def create_app(
         Middleware(ClientKeyMiddleware, keys=settings.client_api_keys),
     ]
     return Starlette(
-        routes=[*meta.routes, *claude.routes, *generic.routes, *chat.routes],
+        routes=[*meta.routes, *claude.routes, *generic.routes, *chat.routes, *trellis_routes.routes],
         middleware=middleware,
         exception_handlers={
             GatewayError: gateway_error,

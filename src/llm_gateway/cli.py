@@ -42,22 +42,22 @@ def serve(settings: Settings, host: str, port: int) -> None:
 
 
 async def demo(settings: Settings, host: str, port: int) -> None:
-    """The gateway with the emulator as its upstream, in one process: no API key needed."""
+    """The gateway with the emulator as its upstreams (Claude, PiAPI), in one process: no API key needed."""
     from .app import create_app
     from .emulator import create_emulator_app
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     emulator_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    emulator = uvicorn.Server(
-        _uvicorn_config(create_emulator_app(delay=0.02), settings, log_level="warning", lifespan="off")
-    )
+    emulator = uvicorn.Server(_uvicorn_config(create_emulator_app(delay=0.02), settings, log_level="warning"))
     settings = Settings(
         **{
             **{name: getattr(settings, name) for name in Settings.__struct_fields__},
             "anthropic_api_key": DEMO_KEY,
             "anthropic_auth_token": None,
             "anthropic_base_url": emulator_url,
+            "trellis_api_key": DEMO_KEY,
+            "trellis_base_url": emulator_url,
         }
     )
     gateway = uvicorn.Server(_uvicorn_config(create_app(settings), settings, host=host, port=port))
@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .emulator import create_emulator_app
 
         app = create_emulator_app(deltas=args.deltas, delay=args.delay, api_key=args.api_key)
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", lifespan="off")
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
         return 0
     # The file goes into the environment (which wins over it), so every worker process sees it too.
     if args.env_file and os.path.isfile(args.env_file):

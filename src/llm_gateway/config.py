@@ -50,6 +50,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     trellis_poll_interval: PositiveFloat = 2.0
     trellis_max_wait: PositiveFloat = 1800.0
     trellis_webhook_secret: str | None = None
+    trellis_timeout: PositiveFloat = 15.0
     cors_origins: str = "*"
     gateway_api_keys: str | None = None
     log_level: str = "info"

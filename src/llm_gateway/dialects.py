@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-from .events import Complete, Error, Event, Start, Text, TokenUsage, ToolCall, Usage
+from .events import Complete, Error, Event, Progress, Start, Text, TokenUsage, ToolCall, Usage
 
 _encode = msgspec.json.Encoder().encode
 
@@ -60,7 +60,38 @@ def native_payload(event: Event) -> tuple[str, Any]:
             return "complete", NativeComplete(text, stop_reason, usage, model)
         case Error(type=type_, message=message):
             return "error", NativeError(type_, message)
+        case Progress():
+            return "progress", trellis_message(event)
     raise TypeError(f"unknown event {event!r}")
+
+
+class TrellisMessage(msgspec.Struct):
+    status: str
+    message: str
+    data: str | None
+    full_response: Any
+
+
+def trellis_message(event: Progress) -> TrellisMessage:
+    return TrellisMessage(event.status, event.message, event.data, event.full_response)
+
+
+class TrellisDialect:
+    """Seed 000's Trellis updates: ``{status, message, data, full_response}`` per change; an end without a final
+    status (given up, interrupted) becomes ``status: error``."""
+
+    stateful = True
+
+    def __init__(self) -> None:
+        self.ended = False
+
+    def render(self, event_id: str, event: Event) -> bytes:
+        if isinstance(event, Progress):
+            self.ended = event.status in ("completed", "failed", "error")
+            return sse_frame(_encode(trellis_message(event)), event_id)
+        if isinstance(event, Error) and not self.ended:
+            return sse_frame(_encode(TrellisMessage("error", event.message, None, None)), event_id)
+        return b""
 
 
 def render_native(event_id: str, event: Event) -> bytes:
@@ -305,4 +336,5 @@ DIALECTS: dict[str, DialectFactory] = {
     "status": lambda task_id, thread_id: StatusDialect(),
     "tanstack": lambda task_id, thread_id: TanStackDialect(task_id),
     "agui": lambda task_id, thread_id: AguiDialect(task_id, thread_id),
+    "trellis": lambda task_id, thread_id: TrellisDialect(),
 }

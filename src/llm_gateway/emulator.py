@@ -1,5 +1,5 @@
-"""A deterministic emulator of the Anthropic Messages API and of OpenAI's chat completions, for tests,
-``llm-gateway --demo`` and benchmarks.
+"""A deterministic emulator of the Anthropic Messages API, of OpenAI's chat completions and of PiAPI's task API
+(Trellis, image -> 3D), for tests, ``llm-gateway --demo`` and benchmarks.
 
 The answer to a request is derived from the text of its last user message (the *prompt*): the same prompt
 always yields the same words (`emulated_deltas`), through either API. A test steers the emulator with
@@ -30,21 +30,48 @@ Choices a reader may not expect:
   Bearer`` only. A conversation ending in ``tool`` messages has their contents as its prompt, which is what
   the Messages side makes of the same turn (tool results only). ``max_completion_tokens`` or ``max_tokens``
   cut the text (``finish_reason: "length"``).
+
+PiAPI (``POST /api/v1/task``, ``GET /api/v1/task/{task_id}``, key in ``x-api-key``) is steered by an extra
+``"emulator"`` object in the create body, which the gateway forwards untouched (PiAPI ignores unknown fields).
+A task's status follows the time elapsed since its creation:
+
+    pending_s=1.0       pending for this long, then
+    staged=false        if true, "staged" for ``staged_s`` (default 1.0), then
+    processing_s=2.0    "processing" for this long, then
+    outcome             "completed" (output: `piapi_model_url` and friends) | "failed" (error.message "bad image")
+    progress_steps=N    if N > 0, ``data.meta.progress`` rises 0..100 in N steps while processing (undocumented!)
+    create_fault        "500" | "400" -> that status with a PiAPI body; "garbage" -> 200 ``<html>oops``;
+                        "timeout" -> answer (and create the task) after ``timeout_s`` (default 30), unless the
+                        client leaves first
+    get_fault           "500" | "garbage" | "timeout", on the task's first ``get_fault_count`` GETs (default: all)
+    webhook_on_finish   if true, POST the webhook when the task ends, whether or not anybody polls
+
+- PiAPI documents neither its error bodies nor a progress field: errors here are ``{"code": status, "message":
+  …, "data": null}``, and progress sits at ``data.meta.progress`` only when ``progress_steps`` asks for it.
+- ``config.webhook_config.secret`` is blanked in task data, as in PiAPI's example response; the webhook still
+  carries it in ``x-webhook-secret``.
+- ``POST /_emulator/piapi/{task_id}/webhook`` sends a task's webhook now (``{"sent": true, "status": …}``).
+  Timers for ``webhook_on_finish`` are owned by the app and cancelled by its lifespan: serve it with the lifespan
+  on, or leave them to the event loop's end.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import hashlib
+import logging
 import random
 import re
 import secrets
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import Annotated, Any, Literal
 
+import httpx
 import msgspec
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -61,7 +88,10 @@ __all__ = [
     "emulated_text",
     "emulated_tool_id",
     "emulated_tool_input",
+    "piapi_model_url",
 ]
+
+logger = logging.getLogger(__name__)
 
 _VOCABULARY = (
     "the", "a", "river", "stone", "light", "quiet", "garden", "over", "under", "bright",
@@ -80,19 +110,33 @@ _SSE = "text/event-stream"
 
 @dataclasses.dataclass
 class EmulatorStats:
-    """Requests received per upstream API, faulted ones included; and the last bodies, for tests to inspect."""
+    """Requests received per upstream API, faulted ones included; and the last bodies, for tests to inspect.
+
+    ``piapi_gets_by_task`` counts the GETs of each task id (unknown ones included); ``as_dict`` leaves it out.
+    """
 
     messages: int = 0
     chat_completions: int = 0
+    piapi_creates: int = 0
+    piapi_gets: int = 0
+    piapi_gets_by_task: dict[str, int] = dataclasses.field(default_factory=dict)
     bodies: collections.deque[bytes] = dataclasses.field(default_factory=lambda: collections.deque(maxlen=50))
 
     def reset(self) -> None:
         self.messages = 0
         self.chat_completions = 0
+        self.piapi_creates = 0
+        self.piapi_gets = 0
+        self.piapi_gets_by_task.clear()
         self.bodies.clear()
 
     def as_dict(self) -> dict[str, int]:
-        return {"messages": self.messages, "chat_completions": self.chat_completions}
+        return {
+            "messages": self.messages,
+            "chat_completions": self.chat_completions,
+            "piapi_creates": self.piapi_creates,
+            "piapi_gets": self.piapi_gets,
+        }
 
 
 def emulated_deltas(prompt: str, n: int) -> list[str]:
@@ -487,6 +531,200 @@ def _data_frame(data: dict[str, Any]) -> bytes:
     return b"data: " + _encode(data) + b"\n\n"
 
 
+# --- PiAPI tasks (Trellis) --------------------------------------------------------------------------------
+
+_UNSET_TIME = "0001-01-01T00:00:00Z"  # what PiAPI shows for a time not reached yet
+_PIAPI_FILES = "https://img.theapi.app/temp/"
+
+
+def piapi_model_url(task_id: str) -> str:
+    """The GLB URL in ``output.model_file`` of a completed emulated task (not served by anything)."""
+    return f"{_PIAPI_FILES}{task_id}/model.glb"
+
+
+def _piapi_output(task_id: str) -> dict[str, str]:
+    return {
+        "model_file": piapi_model_url(task_id),
+        "combined_video": f"{_PIAPI_FILES}{task_id}/combined_video.mp4",
+        "no_background_image": f"{_PIAPI_FILES}{task_id}/no_background_image.png",
+    }
+
+
+class _PiapiOptions(msgspec.Struct, forbid_unknown_fields=True):
+    """The ``"emulator"`` object of a create-task body: see the module docstring."""
+
+    pending_s: Annotated[float, msgspec.Meta(ge=0)] = 1.0
+    staged: bool = False
+    staged_s: Annotated[float, msgspec.Meta(ge=0)] = 1.0
+    processing_s: Annotated[float, msgspec.Meta(ge=0)] = 2.0
+    outcome: Literal["completed", "failed"] = "completed"
+    progress_steps: Annotated[int, msgspec.Meta(ge=0)] = 0
+    create_fault: Literal["500", "400", "garbage", "timeout"] | None = None
+    get_fault: Literal["500", "garbage", "timeout"] | None = None
+    get_fault_count: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    timeout_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
+    webhook_on_finish: bool = False
+
+
+class _WebhookConfig(msgspec.Struct):
+    endpoint: str = ""
+    secret: str = ""
+
+
+class _TaskConfig(msgspec.Struct):
+    service_mode: str = ""
+    webhook_config: _WebhookConfig | None = None
+
+
+class _TaskRequest(msgspec.Struct):
+    model: str
+    task_type: str
+    input: dict[str, Any]
+    config: _TaskConfig | None = None
+    emulator: _PiapiOptions = msgspec.field(default_factory=_PiapiOptions)
+
+
+_task_request_decoder = msgspec.json.Decoder(_TaskRequest)
+
+
+class _PiapiError(Exception):
+    """A PiAPI error response, ``{"code": status, "message": …, "data": null}`` (the shape is our guess)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _piapi_json(body: object, status: int = 200) -> Response:
+    return Response(_encode(body), status, media_type="application/json")
+
+
+def _piapi_error_response(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, _PiapiError)
+    return _piapi_json({"code": exc.status, "message": exc.message, "data": None}, exc.status)
+
+
+def _iso(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+
+
+@dataclasses.dataclass
+class _PiapiTask:
+    """One task: its status is a pure function of the time elapsed since ``created`` (`data`)."""
+
+    id: str
+    request: _TaskRequest
+    created_at: float = dataclasses.field(default_factory=time.time)
+    created: float = dataclasses.field(default_factory=time.monotonic)
+    gets: int = 0
+
+    @property
+    def options(self) -> _PiapiOptions:
+        return self.request.emulator
+
+    @property
+    def starts_after(self) -> float:
+        """Seconds from creation to "processing"."""
+        return self.options.pending_s + (self.options.staged_s if self.options.staged else 0.0)
+
+    @property
+    def ends_after(self) -> float:
+        return self.starts_after + self.options.processing_s
+
+    @property
+    def webhook(self) -> _WebhookConfig | None:
+        config = self.request.config
+        return config.webhook_config if config is not None else None
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.created
+
+    def status(self, elapsed: float) -> str:
+        if elapsed < self.options.pending_s:
+            return "pending"
+        if elapsed < self.starts_after:
+            return "staged"
+        if elapsed < self.ends_after:
+            return "processing"
+        return self.options.outcome
+
+    def progress(self, elapsed: float) -> int:
+        """0 until processing, then up in ``progress_steps`` steps: 0, 100/N, …, 100(N-1)/N; 100 once completed."""
+        steps, status = self.options.progress_steps, self.status(elapsed)
+        if status == "completed":
+            return 100
+        if status in ("pending", "staged"):
+            return 0
+        duration = self.options.processing_s
+        fraction = (elapsed - self.starts_after) / duration if duration else 1.0
+        return 100 * min(steps - 1, int(fraction * steps)) // steps
+
+    def data(self, elapsed: float) -> dict[str, Any]:
+        """The task's ``data`` as PiAPI's get-task answers it, ``elapsed`` seconds after creation."""
+        status = self.status(elapsed)
+        started = elapsed >= self.starts_after
+        ended = elapsed >= self.ends_after
+        meta: dict[str, Any] = {
+            "created_at": _iso(self.created_at),
+            "started_at": _iso(self.created_at + self.starts_after) if started else _UNSET_TIME,
+            "ended_at": _iso(self.created_at + self.ends_after) if ended else _UNSET_TIME,
+            "usage": {"type": "llm", "frozen": 0, "consume": 400000},  # PiAPI's documented example
+            "is_using_private_pool": False,
+        }
+        if self.options.progress_steps:
+            # PiAPI documents no progress field (wire-formats §4, UNVERIFIED): this one is the emulator's own.
+            meta["progress"] = self.progress(elapsed)
+        error: dict[str, Any] = {"code": 0, "raw_message": "", "message": "", "detail": None}
+        if status == "failed":
+            error = {"code": 10000, "raw_message": "trellis failed: bad image", "message": "bad image", "detail": None}
+        config = self.request.config or _TaskConfig()
+        hook = config.webhook_config or _WebhookConfig()
+        return {
+            "task_id": self.id,
+            "model": self.request.model,
+            "task_type": self.request.task_type,
+            "status": status,
+            # The secret is blanked, as in PiAPI's example response to a request that had one.
+            "config": {
+                "service_mode": config.service_mode,
+                "webhook_config": {"endpoint": hook.endpoint, "secret": ""},
+            },
+            "input": self.request.input,
+            "output": _piapi_output(self.id) if status == "completed" else None,
+            "meta": meta,
+            "detail": None,
+            "logs": [],
+            "error": error,
+        }
+
+
+def _piapi_ok(data: dict[str, Any]) -> Response:
+    return _piapi_json({"code": 200, "message": "success", "data": data})
+
+
+def _garbage() -> Response:
+    return Response(b"<html>oops", media_type="text/html")
+
+
+async def _sleep_unless_disconnected(request: Request, seconds: float) -> bool:
+    """Sleep ``seconds`` and return True, or return False as soon as the client leaves.
+
+    A plain handler is not cancelled when its client goes (uvicorn, ASGI spec 2.3), so watch for the disconnect.
+    The body must have been read: what ``receive`` gives next is the disconnect.
+    """
+    try:
+        async with asyncio.timeout(seconds):
+            await _until_disconnect(request.receive)
+    except TimeoutError:
+        return True
+    return False
+
+
+class _NoWebhook(Exception):
+    pass
+
+
 # --- the app ----------------------------------------------------------------------------------------------
 
 
@@ -496,6 +734,9 @@ class _Emulator:
         self.delay = delay
         self.api_key = api_key
         self.stats = EmulatorStats()
+        self.piapi_tasks: dict[str, _PiapiTask] = {}
+        self.background: set[asyncio.Task[None]] = set()  # webhook_on_finish timers
+        self.closed = False
 
     async def messages(self, request: Request) -> Response:
         self.stats.messages += 1
@@ -595,6 +836,121 @@ class _Emulator:
         if headers.get("x-api-key") != self.api_key and headers.get("authorization") != f"Bearer {self.api_key}":
             raise _APIError(401, "authentication_error", "invalid x-api-key")
 
+    async def piapi_create(self, request: Request) -> Response:
+        self.stats.piapi_creates += 1
+        self._piapi_authenticate(request)
+        raw = await request.body()
+        self.stats.bodies.append(raw)
+        try:
+            body = _task_request_decoder.decode(raw)
+        except msgspec.DecodeError as exc:
+            raise _PiapiError(400, str(exc)) from None
+        match body.emulator.create_fault:
+            case "500":
+                raise _PiapiError(500, "internal server error")
+            case "400":
+                raise _PiapiError(400, "invalid request")
+            case "garbage":
+                return _garbage()
+            case "timeout":
+                if not await _sleep_unless_disconnected(request, body.emulator.timeout_s):
+                    return Response(status_code=499)  # nobody reads it: the client is gone
+        task = _PiapiTask(str(uuid.uuid4()), body)
+        self.piapi_tasks[task.id] = task
+        if body.emulator.webhook_on_finish:
+            self._spawn(self._webhook_on_finish(task))
+        return _piapi_ok(task.data(0.0))
+
+    async def piapi_get(self, request: Request) -> Response:
+        task_id: str = request.path_params["task_id"]
+        self.stats.piapi_gets += 1
+        self.stats.piapi_gets_by_task[task_id] = self.stats.piapi_gets_by_task.get(task_id, 0) + 1
+        self._piapi_authenticate(request)
+        task = self._piapi_task(task_id)
+        task.gets += 1
+        options = task.options
+        if options.get_fault is not None and (options.get_fault_count is None or task.gets <= options.get_fault_count):
+            match options.get_fault:
+                case "500":
+                    raise _PiapiError(500, "internal server error")
+                case "garbage":
+                    return _garbage()
+                case "timeout":
+                    await request.body()  # a GET's (empty) body, so that what follows is the disconnect
+                    if not await _sleep_unless_disconnected(request, options.timeout_s):
+                        return Response(status_code=499)
+        return _piapi_ok(task.data(task.elapsed()))
+
+    async def piapi_webhook(self, request: Request) -> Response:
+        """Test control: POST the task's webhook now, and say what its endpoint answered."""
+        task = self._piapi_task(request.path_params["task_id"])
+        try:
+            status = await self._send_webhook(task)
+        except _NoWebhook:
+            return _piapi_json({"sent": False, "error": "the task has no config.webhook_config.endpoint"}, 400)
+        except httpx.HTTPError as exc:
+            return _piapi_json({"sent": False, "error": f"{type(exc).__name__}: {exc}"}, 502)
+        return _piapi_json({"sent": True, "status": status})
+
+    def _piapi_authenticate(self, request: Request) -> None:
+        if self.api_key is not None and request.headers.get("x-api-key") != self.api_key:
+            raise _PiapiError(401, "Unauthorized")
+
+    def _piapi_task(self, task_id: str) -> _PiapiTask:
+        task = self.piapi_tasks.get(task_id)
+        if task is None:
+            raise _PiapiError(404, "task not found")
+        return task
+
+    async def _send_webhook(self, task: _PiapiTask) -> int:
+        hook = task.webhook
+        if hook is None or not hook.endpoint:
+            raise _NoWebhook
+        headers = {"content-type": "application/json"}
+        if hook.secret:
+            headers["x-webhook-secret"] = hook.secret
+        body = _encode({"timestamp": int(time.time()), "data": task.data(task.elapsed())})
+        async with httpx.AsyncClient(timeout=5.0) as client:
+            response = await client.post(hook.endpoint, content=body, headers=headers)
+        return response.status_code
+
+    async def _webhook_on_finish(self, task: _PiapiTask) -> None:
+        await asyncio.sleep(max(0.0, task.ends_after - task.elapsed()))
+        try:
+            status = await self._send_webhook(task)
+        except (_NoWebhook, httpx.HTTPError) as exc:
+            logger.warning("emulated PiAPI webhook of task %s not sent: %r", task.id, exc)
+        else:
+            logger.debug("emulated PiAPI webhook of task %s: HTTP %d", task.id, status)
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        if self.closed:
+            coroutine.close()
+            raise RuntimeError("the emulator is closed")
+        task = asyncio.create_task(coroutine)
+        self.background.add(task)
+        task.add_done_callback(self._reap)
+
+    def _reap(self, task: asyncio.Task[None]) -> None:
+        self.background.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            logger.error("emulator background task failed", exc_info=exc)
+
+    async def aclose(self) -> None:
+        """Cancel the webhook timers and wait for them; no more are started."""
+        self.closed = True
+        tasks = list(self.background)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await self.aclose()
+
     async def index(self, request: Request) -> Response:
         return _json({"name": "llm-gateway emulator"})
 
@@ -613,14 +969,20 @@ def create_emulator_app(*, deltas: int = 50, delay: float = 0.0, api_key: str | 
             Route("/", emulator.index),
             Route("/v1/messages", emulator.messages, methods=["POST"]),
             Route("/v1/chat/completions", emulator.chat_completions, methods=["POST"]),
+            Route("/api/v1/task", emulator.piapi_create, methods=["POST"]),
+            Route("/api/v1/task/{task_id}", emulator.piapi_get),
             Route("/_emulator/stats", emulator.get_stats),
             Route("/_emulator/reset", emulator.reset, methods=["POST"]),
+            Route("/_emulator/piapi/{task_id}/webhook", emulator.piapi_webhook, methods=["POST"]),
         ],
         exception_handlers={
             HTTPException: _error_response,
             _APIError: _error_response,
             _ChatError: _chat_error_response,
+            _PiapiError: _piapi_error_response,
         },
+        lifespan=emulator.lifespan,
     )
     app.state.stats = emulator.stats
+    app.state.background_tasks = emulator.background
     return app

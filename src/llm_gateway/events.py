@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -54,7 +54,16 @@ class Error(msgspec.Struct, frozen=True, tag="error", tag_field="event", omit_de
     retry_after: float | None = None
 
 
-Event = Start | Text | ToolCall | Usage | Complete | Error
+class Progress(msgspec.Struct, frozen=True, tag="progress", tag_field="event", omit_defaults=True):
+    """A Trellis task's status, in seed 000's WebSocket shape (``status``: processing|completed|failed|error)."""
+
+    status: str
+    message: str
+    data: str | None = None
+    full_response: Any = None
+
+
+Event = Start | Text | ToolCall | Usage | Progress | Complete | Error
 Terminal = Complete | Error
 
 encoder = msgspec.json.Encoder()

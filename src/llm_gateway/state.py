@@ -10,6 +10,7 @@ from .config import Settings
 from .providers.registry import Providers
 from .store import Store
 from .tasks import TaskRunner
+from .trellis import TrellisTracker
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,7 @@ class Gateway:
     store: Store
     providers: Providers
     runner: TaskRunner
+    trellis: TrellisTracker
 
 
 def gateway(connection: HTTPConnection) -> Gateway:

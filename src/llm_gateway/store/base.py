@@ -50,13 +50,14 @@ class Store(Protocol):
     async def ping(self) -> None: ...
 
     async def create_task(
-        self, task_id: str, *, fingerprint: str, model: str, lease_seconds: float
+        self, task_id: str, *, fingerprint: str, model: str, lease_seconds: float | None
     ) -> tuple[TaskInfo, bool]:
-        """Create a queued task, leased like a running one; if it exists, return it and False."""
+        """Create a queued task, leased like a running one (None: no lease, never reaped); if it exists,
+        return it and False."""
 
     async def get_task(self, task_id: str) -> TaskInfo | None: ...
 
-    async def start_task(self, task_id: str, *, owner: str, lease_seconds: float, event: Event) -> str:
+    async def start_task(self, task_id: str, *, owner: str, lease_seconds: float | None, event: Event) -> str:
         """Mark a queued task running on ``owner``, take its lease and append its first event.
 
         Returns the event's id, or "" if the task was no longer queued (cancelled meanwhile).
@@ -108,5 +109,12 @@ class Store(Protocol):
         """Extend the ttl if ``value`` is still what is stored; False if it is not (a lock lost)."""
 
     async def delete_value(self, key: str, *, if_equals: bytes | None = None) -> None: ...
+
+    # Small sets: the Trellis tasks the cluster tracks.
+    async def add_member(self, name: str, member: str) -> None: ...
+
+    async def remove_member(self, name: str, member: str) -> None: ...
+
+    async def members(self, name: str) -> set[str]: ...
 
     async def close(self) -> None: ...

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import collections
+import math
 import time
 from collections.abc import AsyncIterator, Sequence
 
@@ -44,6 +45,7 @@ class MemoryStore:
         self._logs: dict[str, _Log] = {}
         self._expiry: collections.deque[tuple[float, str]] = collections.deque()
         self._values: dict[str, tuple[bytes, float]] = {}
+        self._sets: dict[str, set[str]] = {}
 
     def _purge_expired(self) -> None:
         now = time.monotonic()
@@ -59,7 +61,7 @@ class MemoryStore:
         return None
 
     async def create_task(
-        self, task_id: str, *, fingerprint: str, model: str, lease_seconds: float
+        self, task_id: str, *, fingerprint: str, model: str, lease_seconds: float | None
     ) -> tuple[TaskInfo, bool]:
         log = self._log(task_id)
         if log is not None:
@@ -69,19 +71,19 @@ class MemoryStore:
             task_id=task_id, status="queued", created_at=now, updated_at=now, model=model, fingerprint=fingerprint
         )
         log = self._logs[task_id] = _Log(info)
-        log.lease_deadline = time.monotonic() + lease_seconds
+        log.lease_deadline = _deadline(lease_seconds)
         return info, True
 
     async def get_task(self, task_id: str) -> TaskInfo | None:
         log = self._log(task_id)
         return None if log is None else log.info
 
-    async def start_task(self, task_id: str, *, owner: str, lease_seconds: float, event: Event) -> str:
+    async def start_task(self, task_id: str, *, owner: str, lease_seconds: float | None, event: Event) -> str:
         log = self._logs[task_id]
         if log.info.status != "queued":
             return ""
         log.info.status, log.info.owner, log.info.updated_at = "running", owner, now_iso()
-        log.lease_deadline = time.monotonic() + lease_seconds
+        log.lease_deadline = _deadline(lease_seconds)
         event_id = log.add(event)
         log.notify()
         return event_id
@@ -201,6 +203,20 @@ class MemoryStore:
         if if_equals is None or self._live_value(key) == if_equals:
             self._values.pop(key, None)
 
+    async def add_member(self, name: str, member: str) -> None:
+        self._sets.setdefault(name, set()).add(member)
+
+    async def remove_member(self, name: str, member: str) -> None:
+        self._sets.get(name, set()).discard(member)
+
+    async def members(self, name: str) -> set[str]:
+        return set(self._sets.get(name, ()))
+
     async def close(self) -> None:
+        self._sets.clear()
         self._logs.clear()
         self._values.clear()
+
+
+def _deadline(lease_seconds: float | None) -> float:
+    return math.inf if lease_seconds is None else time.monotonic() + lease_seconds  # no lease: never reaped

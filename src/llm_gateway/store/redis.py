@@ -51,8 +51,10 @@ if redis.call('HSETNX', KEYS[1], 'task_id', ARGV[1]) == 0 then return redis.call
 redis.call('HSET', KEYS[1], 'status', 'queued', 'created_at', ARGV[4], 'updated_at', ARGV[4],
            'model', ARGV[3], 'fingerprint', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[5])
-local t = redis.call('TIME')
-redis.call('ZADD', KEYS[2], t[1] * 1000 + math.floor(t[2] / 1000) + tonumber(ARGV[6]), ARGV[1])
+if tonumber(ARGV[6]) >= 0 then
+  local t = redis.call('TIME')
+  redis.call('ZADD', KEYS[2], t[1] * 1000 + math.floor(t[2] / 1000) + tonumber(ARGV[6]), ARGV[1])
+end
 return 1
 """
 
@@ -71,7 +73,7 @@ local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return false end
 redis.call('HSET', KEYS[1], 'status', 'running', 'owner', ARGV[2], 'updated_at', ARGV[4])
-redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), ARGV[1])
+if tonumber(ARGV[3]) >= 0 then redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), ARGV[1]) end
 local id = redis.call('XADD', KEYS[2], '*', 'e', ARGV[5])
 redis.call('EXPIRE', KEYS[2], ARGV[6])
 return id
@@ -329,11 +331,11 @@ class RedisStore:
             await self._redis.ping()
 
     async def create_task(
-        self, task_id: str, *, fingerprint: str, model: str, lease_seconds: float
+        self, task_id: str, *, fingerprint: str, model: str, lease_seconds: float | None
     ) -> tuple[TaskInfo, bool]:
         now = now_iso()
         keys = [self._task_key(task_id), self._running_key]
-        args: list[str | int] = [task_id, fingerprint, model, now, ACTIVE_TTL, int(lease_seconds * 1000)]
+        args: list[str | int] = [task_id, fingerprint, model, now, ACTIVE_TTL, _lease_ms(lease_seconds)]
         async with asyncio.timeout(COMMAND_TIMEOUT):
             reply = await self._create(keys=keys, args=args)
         if reply == 1:
@@ -348,12 +350,12 @@ class RedisStore:
             fields = await self._redis.hgetall(self._task_key(task_id))
         return _task_info(fields) if fields else None
 
-    async def start_task(self, task_id: str, *, owner: str, lease_seconds: float, event: Event) -> str:
+    async def start_task(self, task_id: str, *, owner: str, lease_seconds: float | None, event: Event) -> str:
         keys = [self._task_key(task_id), self._events_key(task_id), self._running_key]
         args: list[str | bytes | int] = [
             task_id,
             owner,
-            int(lease_seconds * 1000),
+            _lease_ms(lease_seconds),
             now_iso(),
             encode_event(event),
             ACTIVE_TTL,
@@ -525,9 +527,26 @@ class RedisStore:
             else:
                 await self._delete_if(keys=[self._value_key(key)], args=[if_equals])
 
+    async def add_member(self, name: str, member: str) -> None:
+        async with asyncio.timeout(COMMAND_TIMEOUT):
+            await self._redis.sadd(self._value_key(name), member)
+
+    async def remove_member(self, name: str, member: str) -> None:
+        async with asyncio.timeout(COMMAND_TIMEOUT):
+            await self._redis.srem(self._value_key(name), member)
+
+    async def members(self, name: str) -> set[str]:
+        async with asyncio.timeout(COMMAND_TIMEOUT):
+            found: Any = await self._redis.smembers(self._value_key(name))
+        return {_text(member) for member in found}
+
     async def close(self) -> None:
         await self._fanout.stop()
         await self._redis.aclose()
+
+
+def _lease_ms(lease_seconds: float | None) -> int:
+    return -1 if lease_seconds is None else int(lease_seconds * 1000)  # -1: no lease, never reaped
 
 
 def _task_info(fields: dict[Any, Any]) -> TaskInfo:

@@ -1,0 +1,197 @@
+"""Trellis image-to-3D (seed 000): create, WebSocket status on any replica, latest status, SSE, webhook."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from ..dialects import TrellisMessage, trellis_message
+from ..errors import GatewayError, InvalidRequest, NotFound
+from ..events import Complete, Error, Progress
+from ..http import JSONResponse, read_body, validate
+from ..openapi import doc
+from ..sse import event_stream, frames, pick_dialect, resume_point
+from ..state import Gateway, gateway
+from ..trellis import is_final, latest, log_id
+
+NonEmpty = Annotated[str, Meta(min_length=1)]
+
+
+class TrellisInput(msgspec.Struct, kw_only=True):
+    image: NonEmpty | None = None
+    prompt: NonEmpty | None = None
+
+
+class TrellisTaskRequest(msgspec.Struct, kw_only=True):
+    """PiAPI's create-task body (forwarded unchanged; other fields pass through)."""
+
+    model: NonEmpty
+    task_type: NonEmpty
+    input: TrellisInput
+    config: dict[str, Any] | None = None
+
+
+class WebhookBody(msgspec.Struct):
+    data: dict[str, Any]
+    timestamp: int | float | None = None
+
+
+def _require_trellis(gw: Gateway) -> None:
+    if not gw.settings.trellis_api_key:
+        raise GatewayError("unavailable", "Trellis is not configured: set TRELLIS_API_KEY")
+
+
+@doc("Create a PiAPI Trellis task (PiAPI's answer and status code)", body=[TrellisTaskRequest], tag="trellis")
+async def create_task(request: Request) -> Response:
+    gw = gateway(request)
+    raw = await read_body(request, gw.settings.max_body_bytes)
+    try:
+        data = msgspec.json.decode(raw)
+    except (msgspec.DecodeError, RecursionError):
+        raise InvalidRequest("request body is not valid JSON") from None
+    body = validate(data, TrellisTaskRequest)
+    if body.task_type == "text-to-3d" and body.input.prompt is None:
+        raise InvalidRequest("text-to-3d needs input.prompt", detail=[{"loc": ["body", "input", "prompt"]}], status=422)
+    if body.task_type != "text-to-3d" and body.input.image is None:
+        detail = [{"loc": ["body", "input", "image"], "msg": "field required", "type": "missing"}]
+        raise InvalidRequest("input.image is required", detail=detail, status=422)
+    _require_trellis(gw)
+    status, answer = await gw.trellis.client.create(raw)
+    task = answer.get("data") if isinstance(answer, dict) else None
+    if status == 200 and isinstance(task, dict) and task.get("task_id"):
+        await gw.trellis.track(task)
+    return JSONResponse(answer, status_code=status)
+
+
+def _not_found(task_id: str) -> TrellisMessage:
+    return TrellisMessage("error", f"Trellis task {task_id} not found", None, None)
+
+
+@doc("The latest known status of a Trellis task", response=TrellisMessage, tag="trellis")
+async def task_status(request: Request) -> Response:
+    gw = gateway(request)
+    task_id = request.path_params["task_id"]
+    if not await gw.trellis.known(task_id):
+        raise NotFound(f"Trellis task {task_id} is unknown here and at PiAPI")
+    found = latest(await gw.store.read(log_id(task_id)))
+    message = trellis_message(found[1]) if found else TrellisMessage("processing", "Task is pending", None, None)
+    return JSONResponse(message)
+
+
+@doc("The Trellis task's status updates over SSE", stream="trellis", query=["format", "last_event_id"], tag="trellis")
+async def task_events(request: Request) -> Response:
+    gw = gateway(request)
+    task_id = request.path_params["task_id"]
+    after = resume_point(request)
+    if not await gw.trellis.known(task_id):
+        raise NotFound(f"Trellis task {task_id} is unknown here and at PiAPI")
+    dialect = pick_dialect(request, "trellis", log_id(task_id))
+
+    async def watched() -> Any:
+        async with gw.trellis.watching(task_id):
+            async for chunk in frames(gw.store, log_id(task_id), after, dialect):
+                yield chunk
+
+    return event_stream(watched(), log_id(task_id))
+
+
+async def task_ws(websocket: WebSocket) -> None:
+    """Seed 000's socket: the latest status at once, then every change; ``close`` from the client ends it."""
+    gw = gateway(websocket)
+    task_id = websocket.path_params["task_id"]
+    await websocket.accept()
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+        try:
+            known = await gw.trellis.known(task_id)
+        except GatewayError as exc:
+            await _send(websocket, TrellisMessage("error", exc.message, None, None))
+            await websocket.close()
+            return
+        if not known:
+            await _send(websocket, _not_found(task_id))
+            await websocket.close()
+            return
+        async with gw.trellis.watching(task_id):
+            sender = asyncio.create_task(_send_updates(gw, websocket, task_id))
+            listener = asyncio.create_task(_until_close(websocket))
+            try:
+                done, _ = await asyncio.wait({sender, listener}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (sender, listener):
+                    task.cancel()
+                for task in (sender, listener):
+                    with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError, OSError):
+                        await task
+        await websocket.close()
+
+
+async def _send(websocket: WebSocket, message: TrellisMessage) -> None:
+    await websocket.send_text(msgspec.json.encode(message).decode())
+
+
+async def _send_updates(gw: Gateway, websocket: WebSocket, task_id: str) -> None:
+    events = await gw.store.read(log_id(task_id))
+    found = latest(events)
+    if found is None:
+        await _send(websocket, TrellisMessage("processing", "Task is pending", None, None))
+        after = events[-1][0] if events else None
+    else:
+        after, update = found
+        await _send(websocket, trellis_message(update))
+        if is_final(update):
+            return
+    async for batch in gw.store.follow(log_id(task_id), after):
+        for _, event in batch:
+            if isinstance(event, Progress):
+                await _send(websocket, trellis_message(event))
+                if is_final(event):
+                    return
+            elif isinstance(event, Error):
+                await _send(websocket, TrellisMessage("error", event.message, None, None))
+                return
+            elif isinstance(event, Complete):
+                return
+
+
+async def _until_close(websocket: WebSocket) -> None:
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect" or message.get("text", "").strip().lower() == "close":
+            return
+
+
+@doc("PiAPI's webhook: a valid secret publishes the status at once", body=[WebhookBody], tag="trellis")
+async def webhook(request: Request) -> Response:
+    gw = gateway(request)
+    expected = gw.settings.trellis_webhook_secret
+    offered = request.headers.get("x-webhook-secret", "")
+    if not expected or not hmac.compare_digest(offered.encode(), expected.encode()):
+        raise GatewayError("unauthorized", "invalid or missing x-webhook-secret")
+    raw = await read_body(request, gw.settings.max_body_bytes)
+    try:
+        data = msgspec.json.decode(raw)
+    except (msgspec.DecodeError, RecursionError):
+        raise InvalidRequest("request body is not valid JSON") from None
+    body = validate(data, WebhookBody)
+    if not body.data.get("task_id"):
+        raise InvalidRequest("data.task_id is required", detail=[{"loc": ["body", "data", "task_id"]}], status=422)
+    await gw.trellis.publish(body.data)
+    return JSONResponse({"received": True})
+
+
+routes = [
+    Route("/api/trellis/task", create_task, methods=["POST"]),
+    Route("/api/trellis/task/{task_id}", task_status, methods=["GET"]),
+    Route("/api/trellis/task/{task_id}/events", task_events, methods=["GET"]),
+    WebSocketRoute("/api/trellis/task/ws/{task_id}", task_ws),
+    Route("/api/trellis/webhook", webhook, methods=["POST"]),
+]

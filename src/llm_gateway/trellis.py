@@ -1,0 +1,289 @@
+"""PiAPI Trellis (image to 3D): the client, the status mapping, and one poller per task for the whole cluster.
+
+Each Trellis task has an event log in the store (id ``trellis:<PiAPI task id>``, the same mechanism as Claude
+tasks) holding its ``progress`` events, ended by ``complete`` or ``error``. Whoever watches it, on any replica,
+follows that log. The polling happens once per task for the whole cluster: every replica's ``TrellisTracker``
+offers to poll the tasks the cluster tracks (created here) or that its own sockets watch, and a lease in the store
+(``set_value_if_absent``, renewed each poll) lets exactly one of them do it. If that replica dies, its lease
+lapses and another takes over. A poller stops at a terminal status, after TRELLIS_MAX_WAIT (``error``), or
+when the task is neither tracked nor watched anywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+import httpx
+import msgspec
+
+from .errors import GatewayError
+from .events import Complete, Error, Progress, Start, TokenUsage
+from .store import EventBatch, Store, TaskEnded
+
+log = logging.getLogger(__name__)
+
+OWNER = "trellis"  # every replica's pollers write as this owner; the poller lease says which one may
+TRACKED = "trellis:tracked"
+PROCESSING = {"pending", "staged", "processing"}
+
+
+def log_id(piapi_task_id: str) -> str:
+    return f"trellis:{piapi_task_id}"
+
+
+def to_progress(data: dict[str, Any]) -> Progress:
+    """PiAPI task data -> seed 000's message (statuses compared case-insensitively, as payloads vary)."""
+    status = str(data.get("status", "")).lower()
+    if status == "completed":
+        output = data.get("output") or {}
+        model_file = output.get("model_file") if isinstance(output, dict) else None
+        return Progress("completed", "3D model is ready", model_file, data)
+    if status == "failed":
+        error = data.get("error") or {}
+        message = (error.get("message") or error.get("raw_message")) if isinstance(error, dict) else None
+        return Progress("failed", message or "Trellis task failed", None, data)
+    meta = data.get("meta") or {}
+    progress = meta.get("progress") if isinstance(meta, dict) else None
+    message = f"Task is {status or 'pending'}" + (f" ({progress}%)" if isinstance(progress, int | float) else "")
+    return Progress("processing", message, None, None)
+
+
+def is_final(update: Progress) -> bool:
+    return update.status in ("completed", "failed", "error")
+
+
+class PiAPIClient:
+    """PiAPI's task API over httpx; PiAPI's 4xx on create pass through, 5xx, timeouts and garbage do not."""
+
+    def __init__(self, base_url: str, api_key: str | None, *, timeout: float = 15.0) -> None:
+        headers = {"x-api-key": api_key} if api_key else {}
+        self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout)
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def create(self, body: bytes) -> tuple[int, Any]:
+        """PiAPI's status and JSON answer; raises upstream_* for 5xx, timeouts and bodies that are not JSON."""
+        response = await self._request("POST", "/api/v1/task", content=body)
+        return response.status_code, self._json(response)
+
+    async def get(self, task_id: str) -> dict[str, Any] | None:
+        """The task's data, or None if PiAPI does not know it."""
+        response = await self._request("GET", f"/api/v1/task/{task_id}")
+        if response.status_code == 404:
+            return None
+        answer = self._json(response)
+        if response.status_code >= 400 or not isinstance(answer, dict) or answer.get("code") not in (200, None):
+            if response.status_code in (400, 404) or (isinstance(answer, dict) and answer.get("code") == 404):
+                return None
+            raise GatewayError("upstream_error", f"PiAPI answered {response.status_code}")
+        data = answer.get("data")
+        if not isinstance(data, dict):
+            raise GatewayError("upstream_error", "PiAPI answered without task data")
+        return data
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = await self._http.request(method, path, headers={"content-type": "application/json"}, **kwargs)
+        except httpx.TimeoutException:
+            raise GatewayError("upstream_timeout", "PiAPI did not answer in time") from None
+        except httpx.HTTPError as exc:
+            raise GatewayError("upstream_error", f"PiAPI unreachable: {type(exc).__name__}") from None
+        if response.status_code >= 500:
+            raise GatewayError("upstream_error", f"PiAPI answered {response.status_code}")
+        if response.status_code in (401, 403):
+            raise GatewayError("upstream_auth", "PiAPI refused TRELLIS_API_KEY")
+        return response
+
+    @staticmethod
+    def _json(response: httpx.Response) -> Any:
+        try:
+            return msgspec.json.decode(response.content)
+        except msgspec.DecodeError:
+            raise GatewayError("upstream_error", "PiAPI answered something that is not JSON") from None
+
+
+class TrellisTracker:
+    def __init__(self, store: Store, client: PiAPIClient, *, interval: float, max_wait: float, replica_id: str) -> None:
+        self.store = store
+        self.client = client
+        self.interval = interval
+        self.max_wait = max_wait
+        self.replica_id = replica_id
+        self._pollers: dict[str, asyncio.Task[None]] = {}
+        self._watchers: dict[str, int] = {}
+        self._loop: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+
+    @property
+    def lease_seconds(self) -> float:
+        return max(3 * self.interval, 3.0)
+
+    @property
+    def watched_seconds(self) -> float:
+        """How long a task counts as watched after its last watcher here left ("for a while")."""
+        return max(10 * self.interval, 2.0)
+
+    async def start(self) -> None:
+        self._loop = asyncio.create_task(self._offer_loop(), name="trellis-tracker")
+
+    async def stop(self) -> None:
+        tasks = [t for t in (self._loop, *self._pollers.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # --- entry points for the routes -------------------------------------------------------------------
+
+    async def track(self, data: dict[str, Any]) -> None:
+        """A task we created: log its first status, and poll it until it ends, from whichever replica can."""
+        task_id = str(data.get("task_id", ""))
+        if not task_id:
+            return
+        await self._ensure_log(task_id, data)
+        await self.store.add_member(TRACKED, task_id)
+        self._wake.set()
+
+    async def known(self, task_id: str) -> bool:
+        """True once the task has a log; an unknown id is asked of PiAPI once (not hung on)."""
+        if await self.store.get_task(log_id(task_id)) is not None:
+            return True
+        data = await self.client.get(task_id)
+        if data is None:
+            return False
+        await self._ensure_log(task_id, data)
+        return True
+
+    @contextlib.asynccontextmanager
+    async def watching(self, task_id: str) -> AsyncIterator[None]:
+        """While a socket here watches the task, this replica offers to poll it."""
+        self._watchers[task_id] = self._watchers.get(task_id, 0) + 1
+        self._wake.set()
+        try:
+            yield
+        finally:
+            self._watchers[task_id] -= 1
+            if not self._watchers[task_id]:
+                del self._watchers[task_id]
+
+    async def publish(self, data: dict[str, Any]) -> None:
+        """A status from PiAPI's webhook: into the log at once."""
+        task_id = str(data.get("task_id", ""))
+        await self._ensure_log(task_id, data)
+        await self._record(task_id, to_progress(data))
+
+    # --- the polling ---------------------------------------------------------------------------------------
+
+    async def _offer_loop(self) -> None:
+        while True:
+            try:
+                await self._offer()
+            except Exception as exc:  # the store may be down for a while: keep offering
+                log.warning("trellis tracker: %s", type(exc).__name__)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.interval / 2):
+                    await self._wake.wait()
+
+    async def _offer(self) -> None:
+        for task_id in self._watchers:
+            await self.store.set_value(f"trellis:watched:{task_id}", b"1", ttl=self.watched_seconds)
+        candidates = (await self.store.members(TRACKED)) | set(self._watchers)
+        for task_id in candidates - set(self._pollers):
+            lease = f"trellis:poller:{task_id}"
+            if await self.store.set_value_if_absent(lease, self.replica_id.encode(), ttl=self.lease_seconds):
+                self._pollers[task_id] = asyncio.create_task(self._poll(task_id), name=f"trellis-poll-{task_id}")
+
+    async def _poll(self, task_id: str) -> None:
+        lease = f"trellis:poller:{task_id}"
+        delay = self.interval
+        try:
+            while await self.store.refresh_value(lease, self.replica_id.encode(), ttl=self.lease_seconds):
+                info = await self.store.get_task(log_id(task_id))
+                if info is not None and info.finished:
+                    break
+                if info is not None and _age(info.created_at) > self.max_wait:
+                    await self._give_up(task_id, f"gave up after TRELLIS_MAX_WAIT ({self.max_wait:.0f}s)")
+                    break
+                try:
+                    data = await self.client.get(task_id)
+                    delay = self.interval
+                except GatewayError as exc:
+                    delay = min(delay * 2, 60.0)  # back off while PiAPI is unwell
+                    log.warning("trellis poll of %s failed (%s); next in %.1fs", task_id, exc.type, delay)
+                else:
+                    if data is None:
+                        await self._give_up(task_id, "PiAPI does not know this task")
+                        break
+                    await self._ensure_log(task_id, data)
+                    if await self._record(task_id, to_progress(data)):
+                        break
+                    if not await self._wanted(task_id):
+                        break  # nobody tracks or watches it any more
+                await asyncio.sleep(delay * random.uniform(0.9, 1.1))
+        finally:
+            self._pollers.pop(task_id, None)
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(5):
+                    await self.store.delete_value(lease, if_equals=self.replica_id.encode())
+
+    async def _wanted(self, task_id: str) -> bool:
+        if task_id in self._watchers or task_id in await self.store.members(TRACKED):
+            return True
+        return await self.store.get_value(f"trellis:watched:{task_id}") is not None
+
+    async def _ensure_log(self, task_id: str, data: dict[str, Any]) -> None:
+        model = str(data.get("model") or "trellis")
+        _, created = await self.store.create_task(log_id(task_id), fingerprint="", model=model, lease_seconds=None)
+        if created:
+            await self.store.start_task(
+                log_id(task_id), owner=OWNER, lease_seconds=None, event=Start(log_id(task_id), model)
+            )
+
+    async def _record(self, task_id: str, update: Progress) -> bool:
+        """Append the update if it changed anything; True once the task has ended."""
+        events = await self.store.read(log_id(task_id))
+        found = latest(events)
+        last = found[1] if found else None
+        ended = any(isinstance(e, Complete | Error) for _, e in events[-1:])
+        if ended:
+            return True
+        if last is None or (last.status, last.message, last.data) != (update.status, update.message, update.data):
+            try:
+                await self.store.append(log_id(task_id), [update], owner=OWNER)
+            except TaskEnded:
+                return True
+        if not is_final(update):
+            return False
+        terminal: Complete | Error
+        if update.status == "completed":
+            terminal = Complete(update.data or "", "completed", TokenUsage(), "trellis")
+        else:
+            terminal = Error("upstream_error", update.message)
+        await self.store.finish(log_id(task_id), terminal)
+        await self.store.remove_member(TRACKED, task_id)
+        return True
+
+    async def _give_up(self, task_id: str, message: str) -> None:
+        with contextlib.suppress(TaskEnded):
+            await self.store.append(log_id(task_id), [Progress("error", message)], owner=OWNER)
+        await self.store.finish(log_id(task_id), Error("upstream_timeout", message))
+        await self.store.remove_member(TRACKED, task_id)
+
+
+def _age(created_at: str) -> float:
+    return time.time() - datetime.fromisoformat(created_at.replace("Z", "+00:00")).timestamp()
+
+
+def latest(events: EventBatch) -> tuple[str, Progress] | None:
+    """The last status in a log, with its event id."""
+    return next(((i, e) for i, e in reversed(events) if isinstance(e, Progress)), None)
