@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
+from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.websockets import WebSocketDisconnect
 
 from .errors import GatewayError, InvalidRequest, error_body
 
@@ -41,15 +45,17 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
-async def read_json(request: Request, model: type[T], max_bytes: int) -> T:
-    raw = await read_body(request, max_bytes)
+def decode_json(raw: bytes | str, what: str = "request body") -> Any:
     try:
-        data = msgspec.json.decode(raw)
+        return msgspec.json.decode(raw)
     except msgspec.DecodeError as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+        raise InvalidRequest(f"{what} is not valid JSON: {exc}") from None
     except RecursionError:
-        raise InvalidRequest("request body is nested too deeply") from None
-    return validate(data, model)
+        raise InvalidRequest(f"{what} is nested too deeply") from None
+
+
+async def read_json(request: Request, model: type[T], max_bytes: int) -> T:
+    return validate(decode_json(await read_body(request, max_bytes)), model)
 
 
 def validate(data: Any, model: type[T]) -> T:
@@ -93,3 +99,20 @@ def require_text(value: str, field: str) -> str:
         detail = [{"loc": ["body", field], "msg": "must not be blank", "type": "invalid"}]
         raise InvalidRequest(f"{field} must not be blank", detail=detail, status=422)
     return value
+
+
+async def first_of(main: Coroutine[Any, Any, None], watcher: Coroutine[Any, Any, None]) -> bool:
+    """Run a WebSocket's sender and its receive loop until either ends; cancel and await the other.
+
+    True if ``main`` (the sender) finished by itself, without an error: the socket can be closed cleanly.
+    """
+    sender, listener = asyncio.create_task(main), asyncio.create_task(watcher)
+    try:
+        done, _ = await asyncio.wait({sender, listener}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (sender, listener):
+            task.cancel()
+        for task in (sender, listener):
+            with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError, OSError):
+                await task
+    return sender in done and not sender.cancelled() and sender.exception() is None

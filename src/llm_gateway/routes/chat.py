@@ -16,7 +16,7 @@ from starlette.routing import Route
 
 from ..errors import GatewayError, InvalidRequest, NotFound
 from ..events import TaskInfo
-from ..http import read_body, require_text, validate
+from ..http import decode_json, read_body, require_text, validate
 from ..openapi import doc
 from ..providers import GenerationRequest
 from ..sse import event_stream, frames, pick_dialect, resume_point
@@ -137,11 +137,7 @@ async def _cached_task(gw: Gateway, request: GenerationRequest, use_cache: bool)
 )
 async def chat(request: Request) -> Response:
     gw = gateway(request)
-    raw = await read_body(request, gw.settings.max_body_bytes)
-    try:
-        data = msgspec.json.decode(raw)
-    except (msgspec.DecodeError, RecursionError):
-        raise InvalidRequest("request body is not valid JSON") from None
+    data = decode_json(await read_body(request, gw.settings.max_body_bytes))
     if not isinstance(data, dict):
         raise InvalidRequest("request body must be a JSON object", status=422)
     if "question" in data:

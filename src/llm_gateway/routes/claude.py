@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from typing import Annotated, Any, Literal
 
@@ -16,7 +15,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from ..dialects import render_ws
 from ..errors import GatewayError, InvalidRequest, NotFound
 from ..events import TaskError, TaskInfo, TaskResult, TokenUsage
-from ..http import JSONResponse, read_json, require_text
+from ..http import JSONResponse, first_of, read_json, require_text
 from ..openapi import doc
 from ..providers import GenerationRequest
 from ..sse import event_stream, frames, pick_dialect, resume_point
@@ -176,17 +175,7 @@ async def replay_ws(websocket: WebSocket) -> None:
             for event_id, event in batch:
                 await websocket.send_text(render_ws(event_id, event).decode())
 
-    sender = asyncio.create_task(send_events())
-    receiver = asyncio.create_task(_drain_until_disconnect(websocket))
-    try:
-        done, _ = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (sender, receiver):
-            task.cancel()
-        for task in (sender, receiver):
-            with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError, OSError):
-                await task
-    if sender in done and sender.exception() is None:
+    if await first_of(send_events(), _drain_until_disconnect(websocket)):
         with contextlib.suppress(RuntimeError, WebSocketDisconnect):
             await websocket.close(code=1000)
 

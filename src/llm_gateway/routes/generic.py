@@ -13,9 +13,9 @@ from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from ..errors import GatewayError, InvalidRequest, utc_now_iso
+from ..errors import GatewayError, utc_now_iso
 from ..events import Complete, Error, Text
-from ..http import JSONResponse, read_json, validate
+from ..http import JSONResponse, decode_json, read_json, require_text, validate
 from ..locks import held
 from ..openapi import doc
 from ..providers import GenerationRequest
@@ -74,10 +74,7 @@ class Conversation(msgspec.Struct):
 
 
 def generation(gw: Gateway, body: GenerateRequest | QueryRequest, messages: list[dict[str, Any]]) -> GenerationRequest:
-    if not body.prompt.strip():
-        raise InvalidRequest(
-            "prompt must not be blank", detail=[{"loc": ["body", "prompt"], "msg": "blank"}], status=422
-        )
+    require_text(body.prompt, "prompt")
     return GenerationRequest(
         model=body.model or gw.settings.claude_model,
         messages=messages,
@@ -170,11 +167,7 @@ async def generate_ws(websocket: WebSocket) -> None:
 
 
 async def _answer_ws(gw: Gateway, websocket: WebSocket, raw: str) -> None:
-    try:
-        data = msgspec.json.decode(raw)
-    except (msgspec.DecodeError, RecursionError):
-        raise InvalidRequest("message is not valid JSON") from None
-    body = validate(data, WsGenerateRequest)
+    body = validate(decode_json(raw, "message"), WsGenerateRequest)
     info, _ = await gw.runner.submit(None, generation(gw, body, [{"role": "user", "content": body.prompt}]))
     terminal = None
     async for batch in gw.store.follow(info.task_id):

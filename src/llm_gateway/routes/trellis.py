@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hmac
 from typing import Annotated, Any
@@ -17,7 +16,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from ..dialects import TrellisMessage, trellis_message
 from ..errors import GatewayError, InvalidRequest, NotFound
 from ..events import Complete, Error, Progress
-from ..http import JSONResponse, read_body, validate
+from ..http import JSONResponse, decode_json, first_of, read_body, read_json, validate
 from ..openapi import doc
 from ..sse import event_stream, frames, pick_dialect, resume_point
 from ..state import Gateway, gateway
@@ -53,12 +52,8 @@ def _require_trellis(gw: Gateway) -> None:
 @doc("Create a PiAPI Trellis task (PiAPI's answer and status code)", body=[TrellisTaskRequest], tag="trellis")
 async def create_task(request: Request) -> Response:
     gw = gateway(request)
-    raw = await read_body(request, gw.settings.max_body_bytes)
-    try:
-        data = msgspec.json.decode(raw)
-    except (msgspec.DecodeError, RecursionError):
-        raise InvalidRequest("request body is not valid JSON") from None
-    body = validate(data, TrellisTaskRequest)
+    raw = await read_body(request, gw.settings.max_body_bytes)  # forwarded to PiAPI unchanged
+    body = validate(decode_json(raw), TrellisTaskRequest)
     if body.task_type == "text-to-3d" and body.input.prompt is None:
         raise InvalidRequest("text-to-3d needs input.prompt", detail=[{"loc": ["body", "input", "prompt"]}], status=422)
     if body.task_type != "text-to-3d" and body.input.image is None:
@@ -121,16 +116,7 @@ async def task_ws(websocket: WebSocket) -> None:
             await websocket.close()
             return
         async with gw.trellis.watching(task_id):
-            sender = asyncio.create_task(_send_updates(gw, websocket, task_id))
-            listener = asyncio.create_task(_until_close(websocket))
-            try:
-                done, _ = await asyncio.wait({sender, listener}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for task in (sender, listener):
-                    task.cancel()
-                for task in (sender, listener):
-                    with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError, OSError):
-                        await task
+            await first_of(_send_updates(gw, websocket, task_id), _until_close(websocket))
         await websocket.close()
 
 
@@ -176,12 +162,7 @@ async def webhook(request: Request) -> Response:
     offered = request.headers.get("x-webhook-secret", "")
     if not expected or not hmac.compare_digest(offered.encode(), expected.encode()):
         raise GatewayError("unauthorized", "invalid or missing x-webhook-secret")
-    raw = await read_body(request, gw.settings.max_body_bytes)
-    try:
-        data = msgspec.json.decode(raw)
-    except (msgspec.DecodeError, RecursionError):
-        raise InvalidRequest("request body is not valid JSON") from None
-    body = validate(data, WebhookBody)
+    body = await read_json(request, WebhookBody, gw.settings.max_body_bytes)
     if not body.data.get("task_id"):
         raise InvalidRequest("data.task_id is required", detail=[{"loc": ["body", "data", "task_id"]}], status=422)
     await gw.trellis.publish(body.data)
