@@ -201,3 +201,14 @@ async def test_bad_chat_bodies(gateway: str, body: bytes, status: int) -> None:
     assert response.status_code == status, response.text
     assert response.json()["success"] is False and response.json()["type"] == "invalid_request"
     assert join.status_code == 400 and unknown.status_code == 404
+
+
+async def test_found_in_review_bad_tools_and_bad_offsets_are_400s(gateway: str) -> None:
+    async with httpx.AsyncClient(base_url=gateway) as client:
+        for tools in ([{"function": "x"}], [{"function": None}], [{"name": ""}]):
+            body = {"messages": [{"role": "user", "content": "hi"}], "tools": tools}
+            response = await client.post("/chat", json=body)
+            assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "tools", "0"]
+        await post_sse(client, run_input("run-offset", "hi [emu:deltas=2]"))
+        join = await client.get("/chat", params={"runId": "run-offset", "offset": "abc"})
+    assert join.status_code == 400 and join.json()["type"] == "invalid_request"

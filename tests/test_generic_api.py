@@ -148,3 +148,14 @@ async def test_websocket_python_client_of_the_seed(gateway: str) -> None:
         assert upstream["type"] == "upstream_overloaded" and upstream["success"] is False
         await websocket.send(json.dumps({"prompt": "still here [emu:deltas=2]"}))
         assert json.loads(await websocket.recv())["response"] == emulated_text("still here [emu:deltas=2]", 2)
+
+
+async def test_a_binary_websocket_frame_is_read_as_text(gateway: str) -> None:
+    uri = gateway.replace("http://", "ws://") + "/ws/generate"
+    async with asyncio.timeout(10), websockets.connect(uri) as websocket:
+        await websocket.send(json.dumps({"prompt": "bytes [emu:deltas=2]"}).encode())
+        assert json.loads(await websocket.recv())["response"] == emulated_text("bytes [emu:deltas=2]", 2)
+        await websocket.send(b"\xff\xfe")
+        assert json.loads(await websocket.recv())["type"] == "invalid_request", "an error message; the socket stays"
+        await websocket.send(json.dumps({"prompt": "still [emu:deltas=1]"}))
+        assert json.loads(await websocket.recv())["event"] == "complete"

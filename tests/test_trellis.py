@@ -313,3 +313,131 @@ async def test_polling_stops_when_nobody_tracks_or_watches(gateway_factory: Gate
         await asyncio.sleep(0.6)
         assert emulator.stats.piapi_gets_by_task[task_id] == settled, "no more polls once nobody wants it"
     assert polled_while_watched >= 3
+
+
+# --- found in review: each of these failed before its fix --------------------------------------------------
+
+
+@asynccontextmanager
+async def two_gateways_on_redis(
+    factory: GatewayFactory, emulator: Emulator, redis_url: str, **settings: Any
+) -> AsyncIterator[tuple[str, str]]:
+    options = {"redis_url": redis_url, "redis_key_prefix": f"tr:{uuid.uuid4().hex[:8]}:", **settings}
+    async with trellis_gateway(factory, emulator, **options) as a, trellis_gateway(factory, emulator, **options) as b:
+        yield a, b
+
+
+async def test_a_status_written_on_one_replica_reaches_watchers_on_another_at_once(
+    gateway_factory: GatewayFactory, emulator: Emulator, redis_url: str
+) -> None:
+    async with two_gateways_on_redis(gateway_factory, emulator, redis_url, trellis_poll_interval=60) as (a, b):
+        async with httpx.AsyncClient() as client:
+            task_id = await create_via(client, a, create_body(processing_s=60))
+            ws_url = a.replace("http://", "ws://") + f"/api/trellis/task/ws/{task_id}"
+            async with asyncio.timeout(10), websockets.connect(ws_url) as ws:
+                assert json.loads(await ws.recv())["status"] == "processing"
+                sent = time.monotonic()
+                done = {"task_id": task_id, "status": "completed", "output": {"model_file": "https://x/m.glb"}}
+                hook = await client.post(
+                    f"{b}/api/trellis/webhook",
+                    headers={"x-webhook-secret": SECRET},
+                    json={"timestamp": 1, "data": done},
+                )
+                assert hook.status_code == 200
+                final = json.loads(await ws.recv())
+                delay = time.monotonic() - sent
+    assert final["status"] == "completed" and final["data"] == "https://x/m.glb"
+    assert delay < 2, f"the socket on A saw B's webhook after {delay:.1f}s"
+
+
+async def test_get_reports_the_status_of_a_task_created_elsewhere(
+    gateway_factory: GatewayFactory, emulator: Emulator
+) -> None:
+    async with trellis_gateway(gateway_factory, emulator) as url, httpx.AsyncClient() as client:
+        created = await client.post(
+            f"{emulator.url}/api/v1/task",
+            json=create_body(pending_s=0.05, processing_s=0.1),
+            headers={"x-api-key": EMULATOR_KEY},
+        )
+        task_id = created.json()["data"]["task_id"]
+        await asyncio.sleep(0.4)  # finished at PiAPI before the gateway ever heard of it
+        status = (await client.get(f"{url}/api/trellis/task/{task_id}")).json()
+    assert status["status"] == "completed" and status["data"] == piapi_model_url(task_id)
+
+
+async def test_a_slow_piapi_never_gets_two_pollers(emulator: Emulator, redis_url: str) -> None:
+    from llm_gateway.app import create_app
+    from tests.conftest import gateway_settings
+    from tests.servers import serve
+
+    options = {
+        "redis_url": redis_url,
+        "redis_key_prefix": f"tp:{uuid.uuid4().hex[:8]}:",
+        "trellis_poll_interval": 0.5,
+        "trellis_api_key": EMULATOR_KEY,
+        "trellis_base_url": emulator.url,
+        "trellis_timeout": 10,
+    }
+    app_a, app_b = (
+        create_app(gateway_settings(emulator.url, **options)),
+        create_app(gateway_settings(emulator.url, **options)),
+    )
+    both = 0
+    async with serve(app_a) as a, serve(app_b), httpx.AsyncClient() as client:
+        # Every GET takes 4 s, longer than the 3 s poller lease.
+        task_id = await create_via(client, a, create_body(get_fault="timeout", timeout_s=4, processing_s=60))
+        for _ in range(60):
+            await asyncio.sleep(0.1)
+            pollers = [app.state.gateway.trellis._pollers for app in (app_a, app_b)]
+            both += all(task_id in running for running in pollers)
+    assert both == 0, f"{both} samples with a poller on both replicas"
+
+
+async def test_a_status_reported_several_times_at_once_is_written_once(redis_url: str) -> None:
+    from llm_gateway.events import Progress
+    from llm_gateway.store.redis import RedisStore
+    from llm_gateway.trellis import PiAPIClient, TrellisTracker, log_id
+
+    store = RedisStore.from_url(redis_url, prefix=f"tw:{uuid.uuid4().hex[:8]}:")
+    client = PiAPIClient("http://127.0.0.1:9", None)
+    try:
+        tracker = TrellisTracker(store, client, interval=1, max_wait=100, replica_id="r1")
+        await tracker._ensure_log("t1", {"task_id": "t1", "status": "pending"})
+        done = {"task_id": "t1", "status": "completed", "output": {"model_file": "https://x/m.glb"}}
+        await asyncio.gather(*(store.read(log_id("t1")) for _ in range(8)))  # connections ready: a real race
+        # A poller and repeated webhooks, reporting the same final status at the same moment.
+        await asyncio.gather(*(tracker._record("t1", to_progress(done)) for _ in range(5)))
+        events = [e for _, e in await store.read(log_id("t1"))]
+    finally:
+        await client.close()
+        await store.close()
+    assert [e.status for e in events if isinstance(e, Progress)].count("completed") == 1
+
+
+async def test_sockets_coming_and_going_do_not_break_the_offer_loop(redis_url: str) -> None:
+    from llm_gateway.store.redis import RedisStore
+    from llm_gateway.trellis import PiAPIClient, TrellisTracker
+
+    store = RedisStore.from_url(redis_url, prefix=f"to:{uuid.uuid4().hex[:8]}:")
+    client = PiAPIClient("http://127.0.0.1:9", None)
+    tracker = TrellisTracker(store, client, interval=100, max_wait=100, replica_id="r1")
+    try:
+        async with tracker.watching("a"), tracker.watching("b"):
+            offer = asyncio.create_task(tracker._offer())
+            await asyncio.sleep(0)
+            async with tracker.watching("c"):  # while the loop awaits the store
+                await offer
+    finally:
+        await tracker.stop()
+        await client.close()
+        await store.close()
+
+
+async def test_without_a_key_every_trellis_endpoint_is_unavailable(gateway_factory: GatewayFactory) -> None:
+    async with gateway_factory() as url, httpx.AsyncClient(base_url=url) as client:
+        answers = [
+            await client.get("/api/trellis/task/x"),
+            await client.get("/api/trellis/task/x/events"),
+            await client.post("/api/trellis/task", json=create_body()),
+        ]
+    assert [(a.status_code, a.json()["type"]) for a in answers] == [(503, "unavailable")] * 3

@@ -112,11 +112,11 @@ def to_anthropic(messages: list[ClientMessage]) -> tuple[list[dict[str, Any]], s
 def to_anthropic_tools(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
     """Client tools (AG-UI ``{name, description, parameters}`` or OpenAI-style ``{function: {...}}``)."""
     converted = []
-    for tool in tools or ():
+    for i, tool in enumerate(tools or ()):
         spec = tool.get("function", tool)
-        name = spec.get("name")
-        if not isinstance(name, str) or not name:
-            raise InvalidRequest("every tool needs a name", detail=[{"loc": ["body", "tools"]}])
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not spec["name"]:
+            raise InvalidRequest("every tool needs a name", detail=[{"loc": ["body", "tools", str(i)]}], status=422)
+        name = spec["name"]
         schema = spec.get("parameters") or spec.get("inputSchema") or spec.get("input_schema") or {"type": "object"}
         entry: dict[str, Any] = {"name": name, "input_schema": schema}
         if spec.get("description"):

@@ -19,12 +19,14 @@ import time
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import msgspec
 
 from .errors import GatewayError
 from .events import Complete, Error, Progress, Start, TokenUsage
+from .locks import held
 from .store import EventBatch, Store, TaskEnded
 
 log = logging.getLogger(__name__)
@@ -76,7 +78,7 @@ class PiAPIClient:
 
     async def get(self, task_id: str) -> dict[str, Any] | None:
         """The task's data, or None if PiAPI does not know it."""
-        response = await self._request("GET", f"/api/v1/task/{task_id}")
+        response = await self._request("GET", f"/api/v1/task/{quote(task_id, safe='')}")
         if response.status_code == 404:
             return None
         answer = self._json(response)
@@ -161,6 +163,7 @@ class TrellisTracker:
         if data is None:
             return False
         await self._ensure_log(task_id, data)
+        await self._record(task_id, to_progress(data))
         return True
 
     @contextlib.asynccontextmanager
@@ -195,7 +198,7 @@ class TrellisTracker:
                     await self._wake.wait()
 
     async def _offer(self) -> None:
-        for task_id in self._watchers:
+        for task_id in list(self._watchers):  # sockets come and go while we await
             await self.store.set_value(f"trellis:watched:{task_id}", b"1", ttl=self.watched_seconds)
         candidates = (await self.store.members(TRACKED)) | set(self._watchers)
         for task_id in candidates - set(self._pollers):
@@ -204,10 +207,14 @@ class TrellisTracker:
                 self._pollers[task_id] = asyncio.create_task(self._poll(task_id), name=f"trellis-poll-{task_id}")
 
     async def _poll(self, task_id: str) -> None:
+        """Poll while this replica holds the task's lease, renewed by its own task so that neither a slow PiAPI
+        nor a long backoff lets it lapse while we still poll."""
         lease = f"trellis:poller:{task_id}"
+        token = self.replica_id.encode()
+        renewer = asyncio.create_task(self._keep_lease(lease, token), name=f"trellis-lease-{task_id}")
         delay = self.interval
         try:
-            while await self.store.refresh_value(lease, self.replica_id.encode(), ttl=self.lease_seconds):
+            while not renewer.done():
                 info = await self.store.get_task(log_id(task_id))
                 if info is not None and info.finished:
                     break
@@ -221,6 +228,8 @@ class TrellisTracker:
                     delay = min(delay * 2, 60.0)  # back off while PiAPI is unwell
                     log.warning("trellis poll of %s failed (%s); next in %.1fs", task_id, exc.type, delay)
                 else:
+                    if renewer.done():
+                        break  # the lease was lost meanwhile: another replica polls now
                     if data is None:
                         await self._give_up(task_id, "PiAPI does not know this task")
                         break
@@ -230,11 +239,27 @@ class TrellisTracker:
                     if not await self._wanted(task_id):
                         break  # nobody tracks or watches it any more
                 await asyncio.sleep(delay * random.uniform(0.9, 1.1))
+        except Exception as exc:  # the store is unwell: stop; the offer loop starts a poller again later
+            log.warning("trellis poller of %s stopped: %s", task_id, type(exc).__name__)
         finally:
             self._pollers.pop(task_id, None)
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(5):
-                    await self.store.delete_value(lease, if_equals=self.replica_id.encode())
+                    await self.store.delete_value(lease, if_equals=token)
+
+    async def _keep_lease(self, lease: str, token: bytes) -> None:
+        """Renew the lease every third of its time; return (ending the poll) once it is lost."""
+        while True:
+            await asyncio.sleep(self.lease_seconds / 3)
+            try:
+                async with asyncio.timeout(self.lease_seconds / 3):
+                    if not await self.store.refresh_value(lease, token, ttl=self.lease_seconds):
+                        return
+            except Exception as exc:
+                log.warning("could not renew trellis lease %s: %s", lease, type(exc).__name__)
 
     async def _wanted(self, task_id: str) -> bool:
         if task_id in self._watchers or task_id in await self.store.members(TRACKED):
@@ -248,9 +273,20 @@ class TrellisTracker:
             await self.store.start_task(
                 log_id(task_id), owner=OWNER, lease_seconds=None, event=Start(log_id(task_id), model)
             )
+            # Any replica may write this log (whichever polls, or gets the webhook): followers here must read
+            # it from the store, not only what this replica writes.
+            await self.store.release(log_id(task_id))
 
     async def _record(self, task_id: str, update: Progress) -> bool:
-        """Append the update if it changed anything; True once the task has ended."""
+        """Append the update if it changed anything; True once the task has ended.
+
+        Serialised per task across replicas: the poller, a webhook (PiAPI may repeat them) and a first lookup
+        may all report the same status at once, and it must be written once.
+        """
+        async with held(self.store, f"trellis:record:{task_id}", ttl=5.0, wait=15.0):
+            return await self._record_held(task_id, update)
+
+    async def _record_held(self, task_id: str, update: Progress) -> bool:
         events = await self.store.read(log_id(task_id))
         found = latest(events)
         last = found[1] if found else None

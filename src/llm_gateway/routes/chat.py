@@ -21,6 +21,7 @@ from ..openapi import doc
 from ..providers import GenerationRequest
 from ..sse import event_stream, frames, pick_dialect, resume_point
 from ..state import Gateway, gateway
+from ..store import parse_event_id
 from ..tanstack import ClientMessage, to_anthropic, to_anthropic_tools
 from ..tasks import new_task_id
 from .claude import TaskId
@@ -197,6 +198,8 @@ async def join_run(request: Request) -> Response:
         raise NotFound(f"no run {run_id}")
     offset = request.query_params.get("offset")
     after = resume_point(request) or (offset if offset not in (None, "", "-1") else None)
+    if after is not None:
+        parse_event_id(after)  # a bad offset is a 400 now, not a broken stream later
     thread_id = request.query_params.get("threadId", "")
     dialect = pick_dialect(request, "agui", info.task_id, thread_id)
     return event_stream(frames(gw.store, info.task_id, after, dialect), info.task_id)

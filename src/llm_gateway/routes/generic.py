@@ -156,7 +156,10 @@ async def generate_ws(websocket: WebSocket) -> None:
     await websocket.accept()
     with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
         while True:
-            raw = await websocket.receive_text()
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            raw = message.get("text") or (message.get("bytes") or b"").decode("utf-8", "replace")
             try:
                 await _answer_ws(gw, websocket, raw)
             except GatewayError as exc:

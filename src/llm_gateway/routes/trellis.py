@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import re
 from typing import Annotated, Any
 
 import msgspec
@@ -23,6 +24,7 @@ from ..state import Gateway, gateway
 from ..trellis import is_final, latest, log_id
 
 NonEmpty = Annotated[str, Meta(min_length=1)]
+TASK_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
 
 class TrellisInput(msgspec.Struct, kw_only=True):
@@ -67,6 +69,14 @@ async def create_task(request: Request) -> Response:
     return JSONResponse(answer, status_code=status)
 
 
+def _checked(gw: Gateway, task_id: str) -> str:
+    """Trellis configured, and a task id fit to put in PiAPI's URL."""
+    _require_trellis(gw)
+    if not TASK_ID.fullmatch(task_id):
+        raise NotFound(f"no Trellis task {task_id[:64]!r}")
+    return task_id
+
+
 def _not_found(task_id: str) -> TrellisMessage:
     return TrellisMessage("error", f"Trellis task {task_id} not found", None, None)
 
@@ -74,7 +84,7 @@ def _not_found(task_id: str) -> TrellisMessage:
 @doc("The latest known status of a Trellis task", response=TrellisMessage, tag="trellis")
 async def task_status(request: Request) -> Response:
     gw = gateway(request)
-    task_id = request.path_params["task_id"]
+    task_id = _checked(gw, request.path_params["task_id"])
     if not await gw.trellis.known(task_id):
         raise NotFound(f"Trellis task {task_id} is unknown here and at PiAPI")
     found = latest(await gw.store.read(log_id(task_id)))
@@ -85,7 +95,7 @@ async def task_status(request: Request) -> Response:
 @doc("The Trellis task's status updates over SSE", stream="trellis", query=["format", "last_event_id"], tag="trellis")
 async def task_events(request: Request) -> Response:
     gw = gateway(request)
-    task_id = request.path_params["task_id"]
+    task_id = _checked(gw, request.path_params["task_id"])
     after = resume_point(request)
     if not await gw.trellis.known(task_id):
         raise NotFound(f"Trellis task {task_id} is unknown here and at PiAPI")
@@ -106,7 +116,7 @@ async def task_ws(websocket: WebSocket) -> None:
     await websocket.accept()
     with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
         try:
-            known = await gw.trellis.known(task_id)
+            known = await gw.trellis.known(_checked(gw, task_id))
         except GatewayError as exc:
             await _send(websocket, TrellisMessage("error", exc.message, None, None))
             await websocket.close()
