@@ -93,15 +93,15 @@ def test_agui_events_in_order() -> None:
         "TEXT_MESSAGE_START",
         "TEXT_MESSAGE_CONTENT",
         "TEXT_MESSAGE_CONTENT",
+        "TEXT_MESSAGE_END",  # before the tool call starts, as in wire-formats §3.2
         "TOOL_CALL_START",
         "TOOL_CALL_ARGS",
         "TOOL_CALL_ARGS",
-        "TEXT_MESSAGE_END",
         "TOOL_CALL_END",
         "RUN_FINISHED",
     ]
     assert events[0] == {"type": "RUN_STARTED", "threadId": "th1", "runId": "r1"}
-    assert events[4] == {
+    assert events[5] == {
         "type": "TOOL_CALL_START",
         "toolCallId": "toolu_1",
         "toolCallName": "get_weather",

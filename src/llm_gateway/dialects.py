@@ -288,6 +288,9 @@ class AguiDialect:
                 out.append({"type": "TEXT_MESSAGE_CONTENT", "messageId": self.message_id, "delta": text})
             case ToolCall(index=index, id=call_id, name=name, args_delta=args):
                 if index not in self.open_tools:
+                    if self.text_open:  # the text before a tool call ends where the call starts (§3.2)
+                        out.append({"type": "TEXT_MESSAGE_END", "messageId": self.message_id})
+                        self.text_open = False
                     self.open_tools[index] = call_id
                     out.append(
                         {
