@@ -138,3 +138,32 @@ def subprocess_env(**settings: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "REDIS_", "GATEWAY_"))}
     env.update(settings)
     return env
+
+
+REPLICA_LEASE_SECONDS = 1.0
+
+
+@pytest.fixture
+def replica_env(redis_url: str, emulator: Emulator) -> dict[str, str]:
+    """The environment of a replica process: a Redis of its own prefix, the emulator as every upstream."""
+    return subprocess_env(
+        REDIS_URL=redis_url,
+        REDIS_KEY_PREFIX=f"rep:{uuid.uuid4().hex[:8]}:",
+        ANTHROPIC_API_KEY=EMULATOR_KEY,
+        ANTHROPIC_BASE_URL=emulator.url,
+        UPSTREAM_MAX_RETRIES="0",
+        TASK_LEASE_SECONDS=str(REPLICA_LEASE_SECONDS),
+        SHUTDOWN_GRACE_SECONDS="1",
+        LOG_LEVEL="warning",
+    )
+
+
+# Each emulator fault, as the gateway must report it: (fault, HTTP status, error type, Retry-After).
+UPSTREAM_FAULTS = [
+    ("401", 502, "upstream_auth", None),
+    ("429", 429, "upstream_rate_limited", "7"),
+    ("500", 502, "upstream_error", None),
+    ("529", 503, "upstream_overloaded", "5"),
+    ("error_midstream", 503, "upstream_overloaded", "5"),
+    ("drop", 502, "upstream_error", None),
+]

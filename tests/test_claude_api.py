@@ -13,7 +13,7 @@ import websockets
 
 from llm_gateway.emulator import emulated_deltas, emulated_text, emulated_tool_id, emulated_tool_input
 from llm_gateway.store import parse_event_id
-from tests.conftest import Emulator, GatewayFactory
+from tests.conftest import UPSTREAM_FAULTS, Emulator, GatewayFactory
 from tests.sse_client import Frame, frames, read_all
 
 
@@ -181,17 +181,7 @@ async def test_cancel_a_running_task(gateway: str) -> None:
     assert unknown.status_code == 404
 
 
-@pytest.mark.parametrize(
-    ("fault", "status", "error_type", "retry_after"),
-    [
-        ("401", 502, "upstream_auth", None),
-        ("429", 429, "upstream_rate_limited", "7"),
-        ("500", 502, "upstream_error", None),
-        ("529", 503, "upstream_overloaded", "5"),
-        ("error_midstream", 503, "upstream_overloaded", "5"),
-        ("drop", 502, "upstream_error", None),
-    ],
-)
+@pytest.mark.parametrize(("fault", "status", "error_type", "retry_after"), UPSTREAM_FAULTS)
 async def test_upstream_faults(gateway: str, fault: str, status: int, error_type: str, retry_after: str | None) -> None:
     prompt = f"fault [emu:fault={fault}] [emu:retry_after=7] [emu:deltas=10]"
     async with httpx.AsyncClient(base_url=gateway) as client:

@@ -31,7 +31,7 @@ from llm_gateway.providers.openai import (
     retry_delay,
 )
 from llm_gateway.providers.registry import Providers
-from tests.conftest import EMULATOR_KEY, Emulator, GatewayFactory
+from tests.conftest import EMULATOR_KEY, UPSTREAM_FAULTS, Emulator, GatewayFactory
 from tests.servers import serve
 from tests.sse_client import Frame, read_all
 
@@ -829,17 +829,7 @@ async def test_tool_results_round_trip_like_claude(gateway: str, emulator: Emula
     assert sent["tools"][0]["function"]["name"] == "get_weather"
 
 
-@pytest.mark.parametrize(
-    ("fault", "status", "error_type", "retry_after"),
-    [
-        ("401", 502, "upstream_auth", None),
-        ("429", 429, "upstream_rate_limited", "7"),
-        ("500", 502, "upstream_error", None),
-        ("529", 503, "upstream_overloaded", "5"),
-        ("error_midstream", 503, "upstream_overloaded", "5"),
-        ("drop", 502, "upstream_error", None),
-    ],
-)
+@pytest.mark.parametrize(("fault", "status", "error_type", "retry_after"), UPSTREAM_FAULTS)
 @pytest.mark.parametrize("model", ["openai/gpt-test", "gemini/gemini-test"])
 async def test_upstream_faults(
     gateway: str, model: str, fault: str, status: int, error_type: str, retry_after: str | None

@@ -19,11 +19,11 @@ from llm_gateway.emulator import emulated_text
 from llm_gateway.events import Error
 from llm_gateway.store import parse_event_id
 from llm_gateway.store.redis import RedisStore
-from tests.conftest import EMULATOR_KEY, Emulator, free_port, gateway_settings, subprocess_env
+from tests.conftest import REPLICA_LEASE_SECONDS, Emulator, free_port, gateway_settings
 from tests.servers import serve
 from tests.sse_client import Frame, frames, read_all
 
-LEASE = 1.0
+LEASE = REPLICA_LEASE_SECONDS
 
 
 @asynccontextmanager
@@ -56,20 +56,6 @@ async def replica_process(env: dict[str, str]) -> AsyncIterator[tuple[str, subpr
                 process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 process.kill()
-
-
-@pytest.fixture
-def replica_env(redis_url: str, emulator: Emulator) -> dict[str, str]:
-    return subprocess_env(
-        REDIS_URL=redis_url,
-        REDIS_KEY_PREFIX=f"rep:{uuid.uuid4().hex[:8]}:",
-        ANTHROPIC_API_KEY=EMULATOR_KEY,
-        ANTHROPIC_BASE_URL=emulator.url,
-        UPSTREAM_MAX_RETRIES="0",
-        TASK_LEASE_SECONDS=str(LEASE),
-        SHUTDOWN_GRACE_SECONDS="1",
-        LOG_LEVEL="warning",
-    )
 
 
 def chunk_text(got: list[Frame]) -> str:

@@ -17,7 +17,7 @@ import websockets
 
 from llm_gateway.emulator import piapi_model_url
 from llm_gateway.trellis import to_progress
-from tests.conftest import EMULATOR_KEY, Emulator, GatewayFactory, subprocess_env
+from tests.conftest import EMULATOR_KEY, Emulator, GatewayFactory
 from tests.sse_client import frames
 from tests.test_replicas import replica_process
 
@@ -52,8 +52,9 @@ async def ws_messages(url: str, task_id: str, *, limit: float = 10) -> list[dict
         return [json.loads(message) async for message in ws]
 
 
-async def create(client: httpx.AsyncClient, body: dict[str, Any]) -> str:
-    response = await client.post("/api/trellis/task", json=body)
+async def create(client: httpx.AsyncClient, body: dict[str, Any], url: str = "") -> str:
+    """Create a task through the gateway (at ``url``, or the client's base URL); its PiAPI task id."""
+    response = await client.post(f"{url}/api/trellis/task", json=body)
     assert response.status_code == 200, response.text
     task_id: str = response.json()["data"]["task_id"]
     return task_id
@@ -184,17 +185,9 @@ async def test_gives_up_after_max_wait(gateway_factory: GatewayFactory, emulator
 
 
 @pytest.fixture
-def trellis_replica_env(redis_url: str, emulator: Emulator) -> dict[str, str]:
-    return subprocess_env(
-        REDIS_URL=redis_url,
-        REDIS_KEY_PREFIX=f"trellis:{uuid.uuid4().hex[:8]}:",
-        ANTHROPIC_API_KEY=EMULATOR_KEY,
-        ANTHROPIC_BASE_URL=emulator.url,
-        TRELLIS_API_KEY=EMULATOR_KEY,
-        TRELLIS_BASE_URL=emulator.url,
-        TRELLIS_POLL_INTERVAL="0.3",
-        LOG_LEVEL="warning",
-    )
+def trellis_replica_env(replica_env: dict[str, str], emulator: Emulator) -> dict[str, str]:
+    trellis = {"TRELLIS_API_KEY": EMULATOR_KEY, "TRELLIS_BASE_URL": emulator.url, "TRELLIS_POLL_INTERVAL": "0.3"}
+    return {**replica_env, **trellis}
 
 
 async def test_fifty_sockets_on_two_replicas_one_poller(
@@ -227,7 +220,7 @@ async def test_the_other_replica_finishes_when_the_poller_dies(
     prefix = trellis_replica_env["REDIS_KEY_PREFIX"]
     async with replica_process(trellis_replica_env) as (a, proc_a), replica_process(trellis_replica_env) as (b, proc_b):
         async with httpx.AsyncClient() as client:
-            task_id = await create_via(client, a, create_body(processing_s=4))
+            task_id = await create(client, url=a, body=create_body(processing_s=4))
             replica_of = {
                 (await client.get(f"{url}/health")).json()["replica"]: (url, proc)
                 for url, proc in ((a, proc_a), (b, proc_b))
@@ -246,13 +239,6 @@ async def test_the_other_replica_finishes_when_the_poller_dies(
         poller.send_signal(signal.SIGKILL)
         messages = await watcher
     assert messages[-1]["status"] == "completed" and messages[-1]["data"] == piapi_model_url(task_id)
-
-
-async def create_via(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> str:
-    response = await client.post(f"{url}/api/trellis/task", json=body)
-    assert response.status_code == 200, response.text
-    task_id: str = response.json()["data"]["task_id"]
-    return task_id
 
 
 async def run_seed_example(url: str, task_id: str, *extra: str) -> list[list[str]]:
@@ -332,7 +318,7 @@ async def test_a_status_written_on_one_replica_reaches_watchers_on_another_at_on
 ) -> None:
     async with two_gateways_on_redis(gateway_factory, emulator, redis_url, trellis_poll_interval=60) as (a, b):
         async with httpx.AsyncClient() as client:
-            task_id = await create_via(client, a, create_body(processing_s=60))
+            task_id = await create(client, url=a, body=create_body(processing_s=60))
             ws_url = a.replace("http://", "ws://") + f"/api/trellis/task/ws/{task_id}"
             async with asyncio.timeout(10), websockets.connect(ws_url) as ws:
                 assert json.loads(await ws.recv())["status"] == "processing"
@@ -385,7 +371,7 @@ async def test_a_slow_piapi_never_gets_two_pollers(emulator: Emulator, redis_url
     both = 0
     async with serve(app_a) as a, serve(app_b), httpx.AsyncClient() as client:
         # Every GET takes 4 s, longer than the 3 s poller lease.
-        task_id = await create_via(client, a, create_body(get_fault="timeout", timeout_s=4, processing_s=60))
+        task_id = await create(client, url=a, body=create_body(get_fault="timeout", timeout_s=4, processing_s=60))
         for _ in range(60):
             await asyncio.sleep(0.1)
             pollers = [app.state.gateway.trellis._pollers for app in (app_a, app_b)]
