@@ -112,3 +112,11 @@ async def aclose(iterator: AsyncIterator[Any]) -> None:
 
 def event_stream(body: AsyncIterator[bytes], task_id: str) -> EventStreamResponse:
     return EventStreamResponse(body, {**SSE_HEADERS, "X-Task-Id": task_id})
+
+
+def task_stream(
+    request: Request, store: Store, task_id: str, default: str, *, after: str | None, thread_id: str = ""
+) -> EventStreamResponse:
+    """A task's log as SSE, in the dialect the request asks for (``?format=``) or ``default``."""
+    dialect = pick_dialect(request, default, task_id, thread_id)
+    return event_stream(frames(store, task_id, after, dialect), task_id)

@@ -19,7 +19,7 @@ from ..events import TaskInfo
 from ..http import decode_json, read_body, require_text, validate
 from ..openapi import doc
 from ..providers import GenerationRequest
-from ..sse import event_stream, frames, pick_dialect, resume_point
+from ..sse import resume_point, task_stream
 from ..state import Gateway, gateway
 from ..store import parse_event_id
 from ..tanstack import ClientMessage, to_anthropic, to_anthropic_tools
@@ -166,8 +166,7 @@ async def _question(request: Request, gw: Gateway, body: QuestionRequest) -> Res
         temperature=body.temperature,
     )
     info = await _cached_task(gw, generation, body.use_cache)
-    dialect = pick_dialect(request, "status", info.task_id)
-    return event_stream(frames(gw.store, info.task_id, resume_point(request), dialect), info.task_id)
+    return task_stream(request, gw.store, info.task_id, "status", after=resume_point(request))
 
 
 async def _agent_run(request: Request, gw: Gateway, body: RunAgentInput) -> Response:
@@ -175,15 +174,13 @@ async def _agent_run(request: Request, gw: Gateway, body: RunAgentInput) -> Resp
     generation = _generation(gw, body.messages, body.tools, options)
     # The run id is the task id: the client's re-POST of the same run (with Last-Event-ID) attaches to it.
     info, _ = await gw.runner.submit(body.runId, generation, thread_id=body.threadId)
-    dialect = pick_dialect(request, "agui", info.task_id, body.threadId)
-    return event_stream(frames(gw.store, info.task_id, resume_point(request), dialect), info.task_id)
+    return task_stream(request, gw.store, info.task_id, "agui", after=resume_point(request), thread_id=body.threadId)
 
 
 async def _legacy(request: Request, gw: Gateway, body: MessagesRequest) -> Response:
     generation = _generation(gw, body.messages, body.tools, _options(body.data, {"model": body.model}))
     info, _ = await gw.runner.submit(None, generation)
-    dialect = pick_dialect(request, "tanstack", info.task_id)
-    return event_stream(frames(gw.store, info.task_id, resume_point(request), dialect), info.task_id)
+    return task_stream(request, gw.store, info.task_id, "tanstack", after=resume_point(request))
 
 
 @doc("Join an AG-UI run (joinRun)", stream="agui", query=["runId", "offset", "threadId", "format"], tag="chat")
@@ -201,8 +198,7 @@ async def join_run(request: Request) -> Response:
     if after is not None:
         parse_event_id(after)  # a bad offset is a 400 now, not a broken stream later
     thread_id = request.query_params.get("threadId", "")
-    dialect = pick_dialect(request, "agui", info.task_id, thread_id)
-    return event_stream(frames(gw.store, info.task_id, after, dialect), info.task_id)
+    return task_stream(request, gw.store, info.task_id, "agui", after=after, thread_id=thread_id)
 
 
 routes = [Route("/chat", chat, methods=["POST"]), Route("/chat", join_run, methods=["GET"])]

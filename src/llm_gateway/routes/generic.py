@@ -19,7 +19,7 @@ from ..http import JSONResponse, decode_json, read_json, require_text, validate
 from ..locks import held
 from ..openapi import doc
 from ..providers import GenerationRequest
-from ..sse import event_stream, frames, pick_dialect
+from ..sse import task_stream
 from ..state import Gateway, gateway
 from .claude import TaskId
 
@@ -134,8 +134,7 @@ async def chat(request: Request) -> Response:
 async def _text_stream(request: Request, body: GenerateRequest | QueryRequest) -> Response:
     gw = gateway(request)
     info, _ = await gw.runner.submit(None, generation(gw, body, [{"role": "user", "content": body.prompt}]))
-    dialect = pick_dialect(request, "text", info.task_id)
-    return event_stream(frames(gw.store, info.task_id, None, dialect), info.task_id)
+    return task_stream(request, gw.store, info.task_id, "text", after=None)
 
 
 @doc("Stream generated text (seed 001)", body=[GenerateRequest], stream="text", query=["format"], tag="generic")
