@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import re
-from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.websockets import WebSocketDisconnect
 
 from .errors import GatewayError, InvalidRequest, error_body
 
@@ -99,20 +95,3 @@ def require_text(value: str, field: str) -> str:
         detail = [{"loc": ["body", field], "msg": "must not be blank", "type": "invalid"}]
         raise InvalidRequest(f"{field} must not be blank", detail=detail, status=422)
     return value
-
-
-async def first_of(main: Coroutine[Any, Any, None], watcher: Coroutine[Any, Any, None]) -> bool:
-    """Run a WebSocket's sender and its receive loop until either ends; cancel and await the other.
-
-    True if ``main`` (the sender) finished by itself, without an error: the socket can be closed cleanly.
-    """
-    sender, listener = asyncio.create_task(main), asyncio.create_task(watcher)
-    try:
-        done, _ = await asyncio.wait({sender, listener}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (sender, listener):
-            task.cancel()
-        for task in (sender, listener):
-            with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError, OSError):
-                await task
-    return sender in done and not sender.cancelled() and sender.exception() is None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from .aio import cancel_and_wait
 from .dialects import DIALECTS, Dialect
 from .errors import InvalidRequest
 from .store import Store, parse_event_id
@@ -98,9 +98,7 @@ class EventStreamResponse(Response):
                 raise
             streaming.uncancel()
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            await cancel_and_wait(watcher)
             await aclose(self.body_iterator)
 
 

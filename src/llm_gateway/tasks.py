@@ -8,7 +8,6 @@ Lifecycle: ``start()`` opens the lease/reaper loop and the cancel listener; ``su
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import uuid
@@ -16,6 +15,7 @@ from collections.abc import Awaitable, Callable
 
 import msgspec
 
+from .aio import cancel_and_wait
 from .errors import Conflict, GatewayError, NotFound
 from .events import Complete, Error, Event, Start, TaskInfo, Terminal
 from .providers import GenerationRequest, Provider
@@ -181,11 +181,7 @@ class TaskRunner:
             self._cancel_local(task_id, "interrupted")
         if pending:
             await asyncio.wait(pending, timeout=5.0)
-        for loop in self._loops:
-            loop.cancel()
-        for loop in self._loops:
-            with contextlib.suppress(asyncio.CancelledError):
-                await loop
+        await cancel_and_wait(*self._loops)
         self._loops.clear()
 
     def _cancel_local(self, task_id: str, reason: str) -> bool:

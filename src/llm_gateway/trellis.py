@@ -24,6 +24,7 @@ from urllib.parse import quote
 import httpx
 import msgspec
 
+from .aio import cancel_and_wait
 from .errors import GatewayError
 from .events import Complete, Error, Progress, Start, TokenUsage
 from .locks import held
@@ -137,12 +138,7 @@ class TrellisTracker:
         self._loop = asyncio.create_task(self._offer_loop(), name="trellis-tracker")
 
     async def stop(self) -> None:
-        tasks = [t for t in (self._loop, *self._pollers.values()) if t is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._loop, *self._pollers.values())
 
     # --- entry points for the routes -------------------------------------------------------------------
 

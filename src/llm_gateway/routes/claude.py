@@ -12,10 +12,11 @@ from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from ..aio import first_of, until_disconnect
 from ..dialects import render_ws
 from ..errors import GatewayError, InvalidRequest, NotFound
 from ..events import TaskError, TaskInfo, TaskResult, TokenUsage
-from ..http import JSONResponse, first_of, read_json, require_text
+from ..http import JSONResponse, read_json, require_text
 from ..openapi import doc
 from ..providers import GenerationRequest
 from ..sse import event_stream, frames, pick_dialect, resume_point
@@ -175,16 +176,9 @@ async def replay_ws(websocket: WebSocket) -> None:
             for event_id, event in batch:
                 await websocket.send_text(render_ws(event_id, event).decode())
 
-    if await first_of(send_events(), _drain_until_disconnect(websocket)):
+    if await first_of(send_events(), until_disconnect(websocket)):
         with contextlib.suppress(RuntimeError, WebSocketDisconnect):
             await websocket.close(code=1000)
-
-
-async def _drain_until_disconnect(websocket: WebSocket) -> None:
-    while True:
-        message = await websocket.receive()
-        if message["type"] == "websocket.disconnect":
-            return
 
 
 routes = [

@@ -14,10 +14,11 @@ from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from ..aio import first_of, until_disconnect
 from ..dialects import TrellisMessage, trellis_message
 from ..errors import GatewayError, InvalidRequest, NotFound
 from ..events import Complete, Error, Progress
-from ..http import JSONResponse, decode_json, first_of, read_body, read_json, validate
+from ..http import JSONResponse, decode_json, read_body, read_json, validate
 from ..openapi import doc
 from ..sse import event_stream, frames, pick_dialect, resume_point
 from ..state import Gateway, gateway
@@ -126,7 +127,7 @@ async def task_ws(websocket: WebSocket) -> None:
             await websocket.close()
             return
         async with gw.trellis.watching(task_id):
-            await first_of(_send_updates(gw, websocket, task_id), _until_close(websocket))
+            await first_of(_send_updates(gw, websocket, task_id), until_disconnect(websocket, stop=_is_close))
         await websocket.close()
 
 
@@ -158,11 +159,8 @@ async def _send_updates(gw: Gateway, websocket: WebSocket, task_id: str) -> None
                 return
 
 
-async def _until_close(websocket: WebSocket) -> None:
-    while True:
-        message = await websocket.receive()
-        if message["type"] == "websocket.disconnect" or message.get("text", "").strip().lower() == "close":
-            return
+def _is_close(text: str) -> bool:
+    return text.strip().lower() == "close"
 
 
 @doc("PiAPI's webhook: a valid secret publishes the status at once", body=[WebhookBody], tag="trellis")

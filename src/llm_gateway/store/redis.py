@@ -23,6 +23,7 @@ from typing import Any
 import msgspec
 import redis.asyncio as redis
 
+from ..aio import cancel_and_wait
 from ..events import (
     TERMINAL_STATUSES,
     Complete,
@@ -185,10 +186,7 @@ class _Fanout:
         self._task = asyncio.create_task(self._run(), name="redis-fanout")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     def subscribe(self, key: str, after: str) -> tuple[_Subscription, bool]:
         """Register a subscriber (synchronously, so a caller's ``finally`` can always undo it).

@@ -1,0 +1,47 @@
+"""Small asyncio plumbing used across the service: cancel-and-wait, and a WebSocket's receive loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+
+async def cancel_and_wait(*tasks: asyncio.Task[Any] | None) -> None:
+    """Cancel the tasks and wait until each has ended; what they raise while ending is theirs, not ours."""
+    live = [task for task in tasks if task is not None]
+    for task in live:
+        task.cancel()
+    for task in live:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+
+
+async def until_disconnect(websocket: WebSocket, *, stop: Callable[[str], bool] | None = None) -> None:
+    """Read (and drop) a WebSocket's messages until it disconnects, or a text message ``stop`` accepts."""
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        if stop is not None and stop(message.get("text") or ""):
+            return
+
+
+async def first_of(main: Coroutine[Any, Any, None], watcher: Coroutine[Any, Any, None]) -> bool:
+    """Run a WebSocket's sender and its receive loop until either ends; cancel and await the other.
+
+    True if ``main`` (the sender) finished by itself, without an error: the socket can be closed cleanly.
+    """
+    sender, listener = asyncio.create_task(main), asyncio.create_task(watcher)
+    try:
+        done, _ = await asyncio.wait({sender, listener}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (sender, listener):
+            task.cancel()
+        for task in (sender, listener):
+            with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError, OSError):
+                await task
+    return sender in done and not sender.cancelled() and sender.exception() is None
