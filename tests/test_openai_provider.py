@@ -20,6 +20,7 @@ from llm_gateway.emulator import (
 )
 from llm_gateway.errors import GatewayError, InvalidRequest
 from llm_gateway.events import Complete, Event, Text, TokenUsage, ToolCall, Usage
+from llm_gateway.http import validate
 from llm_gateway.providers import GenerationRequest
 from llm_gateway.providers.openai import (
     ChunkMapper,
@@ -43,7 +44,8 @@ WEATHER_TOOL = {
 
 
 def request(messages: list[dict[str, Any]], **fields: Any) -> GenerationRequest:
-    return GenerationRequest(model="gpt-test", messages=messages, **fields)
+    # As the routes build it: unknown content blocks are an InvalidRequest at the edge.
+    return validate({"model": "gpt-test", "messages": messages, **fields}, GenerationRequest)
 
 
 # --- the request: Anthropic format -> OpenAI's ------------------------------------------------------------------

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from llm_gateway.content import user
 from llm_gateway.events import Complete, Error, Text
 from llm_gateway.providers import GenerationRequest
 from llm_gateway.providers.registry import Providers
@@ -32,7 +33,7 @@ async def runner(redis_url: str, emulator: Emulator) -> AsyncIterator[TaskRunner
 
 
 def request(prompt: str) -> GenerationRequest:
-    return GenerationRequest(model="claude-sonnet-4-6", messages=[{"role": "user", "content": prompt}])
+    return GenerationRequest(model="claude-sonnet-4-6", messages=[user(prompt)])
 
 
 async def until_running(runner: TaskRunner, task_id: str) -> None:

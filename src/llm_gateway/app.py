@@ -18,8 +18,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .answers import AnswerCache
 from .config import Settings, from_env
-from .errors import GatewayError
+from .conversations import Conversations
+from .errors import ErrorType, GatewayError
 from .http import error_response
 from .providers.registry import Providers
 from .routes import chat, claude, generic, meta, trellis as trellis_routes
@@ -93,7 +95,7 @@ async def gateway_error(request: Request, exc: Exception) -> Response:
 
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    kinds = {404: "not_found"}
+    kinds: dict[int, ErrorType] = {404: "not_found"}
     message = {404: f"no route for {request.url.path}", 405: f"{request.method} not allowed here"}
     error = GatewayError(kinds.get(exc.status_code, "invalid_request"), message.get(exc.status_code, str(exc.detail)))
     error.status = exc.status_code
@@ -139,7 +141,15 @@ def create_app(
             replica_id=runner.replica_id,
         )
         await trellis.start()
-        app.state.gateway = Gateway(settings, opened_store, opened_providers, runner, trellis)
+        answers = AnswerCache(opened_store, runner, ttl=settings.cache_ttl_seconds)
+        conversations = Conversations(
+            opened_store,
+            runner,
+            ttl=settings.conversation_ttl_seconds,
+            default_model=settings.claude_model,
+            lock_ttl=max(3.0, settings.task_lease_seconds * 3),
+        )
+        app.state.gateway = Gateway(settings, opened_store, opened_providers, runner, trellis, answers, conversations)
         try:
             yield
         finally:

@@ -12,11 +12,30 @@ Inside a stream the same types arrive as an ``error`` event, plus ``cancelled`` 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
-STATUS_BY_TYPE: dict[str, int] = {
+ErrorType = Literal[
+    "invalid_request",
+    "unauthorized",
+    "not_found",
+    "conflict",
+    "payload_too_large",
+    "rate_limited",
+    "upstream_auth",
+    "upstream_rate_limited",
+    "upstream_overloaded",
+    "upstream_timeout",
+    "upstream_error",
+    "unavailable",
+    "internal",
+    "cancelled",
+    "interrupted",
+]
+CancelReason = Literal["cancelled", "interrupted"]  # why a running generation was stopped by us
+
+STATUS_BY_TYPE: dict[ErrorType, int] = {
     "invalid_request": 400,
     "unauthorized": 401,
     "not_found": 404,
@@ -34,7 +53,7 @@ STATUS_BY_TYPE: dict[str, int] = {
     "interrupted": 503,
 }
 
-RETRYABLE_TYPES = frozenset(
+RETRYABLE_TYPES: frozenset[ErrorType] = frozenset(
     {"rate_limited", "upstream_rate_limited", "upstream_overloaded", "upstream_timeout", "unavailable", "interrupted"}
 )
 
@@ -42,7 +61,7 @@ RETRYABLE_TYPES = frozenset(
 class GatewayError(Exception):
     def __init__(
         self,
-        type: str,
+        type: ErrorType,
         message: str,
         *,
         status: int | None = None,
@@ -52,7 +71,7 @@ class GatewayError(Exception):
         super().__init__(message)
         self.type = type
         self.message = message
-        self.status = status or STATUS_BY_TYPE.get(type, 500)
+        self.status = status or STATUS_BY_TYPE[type]
         self.detail = detail
         self.retry_after = retry_after
 
@@ -84,7 +103,7 @@ class Conflict(GatewayError):
 class ErrorBody(msgspec.Struct, kw_only=True, omit_defaults=True):
     success: bool
     error: str
-    type: str
+    type: ErrorType
     detail: Any = None
     timestamp: str
 

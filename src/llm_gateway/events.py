@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from .errors import ErrorType
+
 Status = Literal["queued", "running", "completed", "failed", "cancelled", "interrupted"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled", "interrupted"})
 
@@ -48,7 +50,7 @@ class Complete(msgspec.Struct, frozen=True, tag="complete", tag_field="event"):
 
 
 class Error(msgspec.Struct, frozen=True, tag="error", tag_field="event", omit_defaults=True):
-    type: str
+    type: ErrorType
     message: str
     retryable: bool = False
     retry_after: float | None = None
@@ -86,7 +88,7 @@ class TaskResult(msgspec.Struct, frozen=True):
 
 
 class TaskError(msgspec.Struct, frozen=True):
-    type: str
+    type: ErrorType
     message: str
 
 

@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 from starlette.requests import HTTPConnection
 
+from .answers import AnswerCache
 from .config import Settings
+from .conversations import Conversations
 from .providers.registry import Providers
 from .store import Store
 from .tasks import TaskRunner
@@ -20,6 +22,8 @@ class Gateway:
     providers: Providers
     runner: TaskRunner
     trellis: TrellisTracker
+    answers: AnswerCache
+    conversations: Conversations
 
 
 def gateway(connection: HTTPConnection) -> Gateway:

@@ -11,6 +11,18 @@ from typing import Any
 
 import msgspec
 
+from .content import (
+    Base64Source,
+    Block,
+    ImageBlock,
+    Message,
+    Role,
+    TextBlock,
+    ToolResultBlock,
+    ToolUseBlock,
+    UrlSource,
+    text_of,
+)
 from .errors import InvalidRequest
 
 
@@ -32,23 +44,23 @@ class ClientMessage(msgspec.Struct, kw_only=True):
     toolCallId: str | None = None
 
 
-def _blocks(content: str | list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+def _blocks(content: str | list[dict[str, Any]] | None) -> list[Block]:
     if content is None:
         return []
     if isinstance(content, str):
-        return [{"type": "text", "text": content}] if content else []
-    blocks = []
+        return [TextBlock(content)] if content else []
+    blocks: list[Block] = []
     for part in content:
         kind = part.get("type")
         if kind == "text" and part.get("text"):
-            blocks.append({"type": "text", "text": part["text"]})
+            blocks.append(TextBlock(str(part["text"])))
         elif kind == "image" and isinstance(source := part.get("source"), dict):
             if source.get("type") == "url":
-                blocks.append({"type": "image", "source": {"type": "url", "url": source.get("value", "")}})
+                blocks.append(ImageBlock(UrlSource(str(source.get("value", "")))))
             elif source.get("type") in ("data", "base64"):
                 media_type = source.get("mimeType") or source.get("media_type") or "image/png"
                 data = source.get("value") or source.get("data", "")
-                blocks.append({"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}})
+                blocks.append(ImageBlock(Base64Source(str(media_type), str(data))))
     return blocks
 
 
@@ -65,21 +77,21 @@ def _arguments(raw: str | dict[str, Any], path: str) -> dict[str, Any]:
 
 
 def _text_of(content: str | list[dict[str, Any]] | None) -> str:
-    return "".join(b["text"] for b in _blocks(content) if b["type"] == "text")
+    return text_of(_blocks(content))
 
 
-def to_anthropic(messages: list[ClientMessage]) -> tuple[list[dict[str, Any]], str | None]:
+def to_anthropic(messages: list[ClientMessage]) -> tuple[list[Message], str | None]:
     """(messages, system) for the Messages API."""
     system: list[str] = []
-    turns: list[dict[str, Any]] = []
+    turns: list[tuple[Role, list[Block]]] = []
 
-    def add(role: str, blocks: list[dict[str, Any]]) -> None:
+    def add(role: Role, blocks: list[Block]) -> None:
         if not blocks:
             return
-        if turns and turns[-1]["role"] == role:
-            turns[-1]["content"].extend(blocks)
+        if turns and turns[-1][0] == role:
+            turns[-1][1].extend(blocks)
         else:
-            turns.append({"role": role, "content": blocks})
+            turns.append((role, blocks))
 
     for i, message in enumerate(messages):
         if message.role == "system":
@@ -90,23 +102,18 @@ def to_anthropic(messages: list[ClientMessage]) -> tuple[list[dict[str, Any]], s
             blocks = _blocks(message.content)
             for j, call in enumerate(message.toolCalls or ()):
                 arguments = _arguments(call.function.arguments, f"messages.{i}.toolCalls.{j}.function.arguments")
-                blocks.append({"type": "tool_use", "id": call.id, "name": call.function.name, "input": arguments})
+                blocks.append(ToolUseBlock(call.id, call.function.name, arguments))
             add("assistant", blocks)
         elif message.role == "tool":
-            result = {
-                "type": "tool_result",
-                "tool_use_id": message.toolCallId or "",
-                "content": _text_of(message.content),
-            }
-            add("user", [result])
+            add("user", [ToolResultBlock(message.toolCallId or "", _text_of(message.content))])
         # "reasoning" rows and unknown roles carry nothing the Messages API takes back.
-    if not turns or turns[-1]["role"] != "user":
+    if not turns or turns[-1][0] != "user":
         raise InvalidRequest(
             "the conversation must end with a user message or tool results",
             detail=[{"loc": ["body", "messages"], "msg": "no user turn to answer"}],
             status=422,
         )
-    return turns, "\n\n".join(s for s in system if s) or None
+    return [Message(role, blocks) for role, blocks in turns], "\n\n".join(s for s in system if s) or None
 
 
 def to_anthropic_tools(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:

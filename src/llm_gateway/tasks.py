@@ -16,14 +16,15 @@ from collections.abc import Awaitable, Callable
 import msgspec
 
 from .aio import cancel_and_wait
-from .errors import Conflict, GatewayError, NotFound
-from .events import Complete, Error, Event, Start, TaskInfo, Terminal
+from .errors import CancelReason, Conflict, GatewayError, NotFound
+from .events import Complete, Error, Event, Start, TaskInfo, Terminal, Text
 from .providers import GenerationRequest, Provider
 from .store import Store, TaskEnded
 
 log = logging.getLogger(__name__)
 
 ProviderResolver = Callable[[str], tuple[Provider, str]]
+TextSink = Callable[[str], Awaitable[None]]
 
 
 def fingerprint(request: GenerationRequest) -> str:
@@ -101,7 +102,7 @@ class TaskRunner:
         self.grace_seconds = grace_seconds
         self.replica_id = replica_id or uuid.uuid4().hex[:12]
         self._running: dict[str, asyncio.Task[None]] = {}
-        self._cancel_reasons: dict[str, str] = {}
+        self._cancel_reasons: dict[str, CancelReason] = {}
         self._finishing: set[str] = set()
         self._reserved = 0
         self._accepting = False
@@ -156,16 +157,19 @@ class TaskRunner:
             await self.store.request_cancel(task_id)
         return info
 
-    async def wait(self, task_id: str) -> Terminal:
-        """The task's terminal event, once it arrives (the lease guarantees it does)."""
+    async def wait(self, task_id: str, on_text: TextSink | None = None) -> Terminal:
+        """The task's terminal event, once it arrives (the lease guarantees it does); text goes to ``on_text``."""
         async for batch in self.store.follow(task_id, heartbeat=self.lease_seconds):
-            if batch and isinstance(batch[-1][1], Complete | Error):
-                return batch[-1][1]
+            for _, event in batch:
+                if isinstance(event, Complete | Error):
+                    return event
+                if on_text is not None and isinstance(event, Text) and event.text:
+                    await on_text(event.text)
         raise NotFound(f"no task {task_id}")
 
-    async def answer(self, task_id: str) -> Complete:
+    async def answer(self, task_id: str, on_text: TextSink | None = None) -> Complete:
         """The task's complete answer, once it ends; its error as a GatewayError if it fails."""
-        terminal = await self.wait(task_id)
+        terminal = await self.wait(task_id, on_text)
         if isinstance(terminal, Error):
             retry_after = terminal.retry_after or (1.0 if terminal.type == "interrupted" else None)
             raise GatewayError(terminal.type, terminal.message, retry_after=retry_after)
@@ -184,7 +188,7 @@ class TaskRunner:
         await cancel_and_wait(*self._loops)
         self._loops.clear()
 
-    def _cancel_local(self, task_id: str, reason: str) -> bool:
+    def _cancel_local(self, task_id: str, reason: CancelReason) -> bool:
         task = self._running.get(task_id)
         if task is None:
             return False
@@ -203,7 +207,7 @@ class TaskRunner:
             terminal = Error(exc.type, exc.message, exc.retryable, exc.retry_after)
         except asyncio.CancelledError:
             _uncancel()
-            reason = self._cancel_reasons.get(task_id, "interrupted")
+            reason: CancelReason = self._cancel_reasons.get(task_id, "interrupted")
             message = "cancelled by request" if reason == "cancelled" else "the replica shut down before it finished"
             terminal = Error(reason, message, reason == "interrupted")
         except Exception:

@@ -51,9 +51,9 @@ class AnthropicProvider:
             async with self._client.messages.with_streaming_response.create(
                 model=request.model,
                 max_tokens=request.max_tokens,
-                messages=cast(Any, request.messages),
+                messages=cast(Any, msgspec.to_builtins(request.messages)),
                 stream=True,
-                system=cast(Any, request.system or omit),
+                system=cast(Any, msgspec.to_builtins(request.system) if request.system else omit),
                 tools=cast(Any, request.tools or omit),
                 tool_choice=cast(Any, request.tool_choice or omit),
                 # SDK 2.x has no temperature argument; send it only when the client gave one.

@@ -9,7 +9,8 @@ from typing import Any, Protocol
 
 import msgspec
 
-from ..errors import GatewayError
+from ..content import Message, TextBlock
+from ..errors import ErrorType, GatewayError
 from ..events import Event
 
 
@@ -17,9 +18,9 @@ class GenerationRequest(msgspec.Struct, frozen=True, kw_only=True, omit_defaults
     """A provider-neutral request, in the Anthropic message format."""
 
     model: str
-    messages: list[dict[str, Any]]
+    messages: list[Message]
     max_tokens: int = 4096
-    system: str | list[dict[str, Any]] | None = None
+    system: str | list[TextBlock] | None = None
     temperature: float | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: dict[str, Any] | None = None
@@ -32,7 +33,7 @@ class Provider(Protocol):
     async def close(self) -> None: ...
 
 
-_TYPE_BY_UPSTREAM_TYPE = {
+_TYPE_BY_UPSTREAM_TYPE: dict[str, ErrorType] = {
     "authentication_error": "upstream_auth",
     "permission_error": "upstream_auth",
     "billing_error": "upstream_auth",
@@ -46,7 +47,7 @@ _TYPE_BY_UPSTREAM_TYPE = {
 }
 
 
-def _type_for_status(status: int) -> str:
+def _type_for_status(status: int) -> ErrorType:
     if status in (401, 402, 403):
         return "upstream_auth"
     if status == 429:

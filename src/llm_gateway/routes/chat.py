@@ -3,130 +3,17 @@
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import re
-from typing import Annotated, Any
-
-import msgspec
-from msgspec import Meta
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ..errors import GatewayError, InvalidRequest, NotFound
-from ..events import TaskInfo
-from ..http import decode_json, read_body, require_text, validate
+from ..bodies import MessagesRequest, QuestionRequest, RunAgentInput, from_client_messages, from_text
+from ..errors import InvalidRequest, NotFound
+from ..http import decode_json, read_body, validate
 from ..openapi import doc
-from ..providers import GenerationRequest
 from ..sse import resume_point, task_stream
 from ..state import Gateway, gateway
 from ..store import parse_event_id
-from ..tanstack import ClientMessage, to_anthropic, to_anthropic_tools
-from ..tasks import new_task_id
-from .claude import TaskId
-
-Model = Annotated[str, Meta(min_length=1, max_length=200)]
-MaxTokens = Annotated[int, Meta(ge=1, le=128_000)]
-
-
-class QuestionRequest(msgspec.Struct, kw_only=True):
-    question: Annotated[str, Meta(min_length=1, max_length=100_000)]
-    use_cache: bool = True
-    model: Model | None = None
-    max_tokens: MaxTokens = 1024
-    temperature: Annotated[float, Meta(ge=0, le=1)] | None = None
-    system: str | None = None
-
-
-class MessagesRequest(msgspec.Struct, kw_only=True):
-    messages: Annotated[list[ClientMessage], Meta(min_length=1)]
-    tools: list[dict[str, Any]] | None = None
-    model: Model | None = None
-    data: dict[str, Any] | None = None
-
-
-class RunAgentInput(msgspec.Struct, kw_only=True):
-    threadId: str = ""
-    runId: TaskId | None = None
-    messages: Annotated[list[ClientMessage], Meta(min_length=1)]
-    tools: list[dict[str, Any]] | None = None
-    forwardedProps: dict[str, Any] | None = None
-    data: dict[str, Any] | None = None
-
-
-def _options(*sources: dict[str, Any] | None) -> dict[str, Any]:
-    """forwardedProps over the deprecated ``data`` mirror (wire-formats §3.3)."""
-    merged: dict[str, Any] = {}
-    for source in reversed(sources):
-        merged.update(source or {})
-    return merged
-
-
-def _generation(
-    gw: Gateway, messages: list[ClientMessage], tools: list[dict[str, Any]] | None, options: dict[str, Any]
-) -> GenerationRequest:
-    anthropic_messages, system = to_anthropic(messages)
-    model = options.get("model") or gw.settings.claude_model
-    max_tokens = options.get("max_tokens") or options.get("maxTokens") or 4096
-    temperature = options.get("temperature")
-    checked = validate(
-        {"model": model, "max_tokens": max_tokens, "temperature": temperature},
-        _Options,
-    )
-    return GenerationRequest(
-        model=checked.model,
-        messages=anthropic_messages,
-        max_tokens=checked.max_tokens,
-        system=system,
-        temperature=checked.temperature,
-        tools=to_anthropic_tools(tools),
-    )
-
-
-class _Options(msgspec.Struct):
-    model: Model
-    max_tokens: MaxTokens
-    temperature: Annotated[float, Meta(ge=0, le=1)] | None = None
-
-
-def cache_key(request: GenerationRequest) -> str:
-    """SHA-256 of the normalised request: whitespace-insensitive question, model and parameters."""
-    normalised = msgspec.structs.replace(
-        request,
-        messages=[{**m, "content": re.sub(r"\s+", " ", m["content"]).strip()} for m in request.messages],
-    )
-    return hashlib.sha256(msgspec.json.encode(normalised, order="sorted")).hexdigest()
-
-
-async def _cached_task(gw: Gateway, request: GenerationRequest, use_cache: bool) -> TaskInfo:
-    """The task answering ``request``: a cached or in-flight one (single-flight), else a new one."""
-    key = f"answer:{cache_key(request)}"
-    ttl = gw.settings.cache_ttl_seconds
-    if not use_cache:
-        info, _ = await gw.runner.submit(None, request)
-        await gw.store.set_value(key, info.task_id.encode(), ttl=ttl)
-        return info
-    for attempt in range(40):
-        cached = await gw.store.get_value(key)
-        if cached is not None:
-            cached_info = await gw.store.get_task(cached.decode())
-            if cached_info is None and attempt < 20:
-                await asyncio.sleep(0.05)  # claimed a moment ago; its task is being created
-                continue
-            if cached_info is not None and cached_info.status in ("queued", "running", "completed"):
-                return cached_info
-            await gw.store.delete_value(key, if_equals=cached)  # failed or expired: not an answer to share
-        # Claim the key before generating, so identical requests arriving meanwhile share this generation.
-        task_id = new_task_id()
-        if await gw.store.set_value_if_absent(key, task_id.encode(), ttl=ttl):
-            try:
-                info, _ = await gw.runner.submit(task_id, request)
-            except BaseException:
-                await gw.store.delete_value(key, if_equals=task_id.encode())
-                raise
-            return info
-    raise GatewayError("unavailable", "the answer cache is busy; try again", retry_after=1)
 
 
 @doc(
@@ -157,29 +44,19 @@ async def chat(request: Request) -> Response:
 
 
 async def _question(request: Request, gw: Gateway, body: QuestionRequest) -> Response:
-    require_text(body.question, "question")
-    generation = GenerationRequest(
-        model=body.model or gw.settings.claude_model,
-        messages=[{"role": "user", "content": body.question}],
-        max_tokens=body.max_tokens,
-        system=body.system or None,
-        temperature=body.temperature,
-    )
-    info = await _cached_task(gw, generation, body.use_cache)
+    info = await gw.answers.task_for(from_text(body, gw.settings.claude_model), use_cache=body.use_cache)
     return task_stream(request, gw.store, info.task_id, "status", after=resume_point(request))
 
 
 async def _agent_run(request: Request, gw: Gateway, body: RunAgentInput) -> Response:
-    options = _options(body.forwardedProps, body.data)
-    generation = _generation(gw, body.messages, body.tools, options)
+    generation = from_client_messages(body, gw.settings.claude_model)
     # The run id is the task id: the client's re-POST of the same run (with Last-Event-ID) attaches to it.
     info, _ = await gw.runner.submit(body.runId, generation, thread_id=body.threadId)
     return task_stream(request, gw.store, info.task_id, "agui", after=resume_point(request), thread_id=body.threadId)
 
 
 async def _legacy(request: Request, gw: Gateway, body: MessagesRequest) -> Response:
-    generation = _generation(gw, body.messages, body.tools, _options(body.data, {"model": body.model}))
-    info, _ = await gw.runner.submit(None, generation)
+    info, _ = await gw.runner.submit(None, from_client_messages(body, gw.settings.claude_model))
     return task_stream(request, gw.store, info.task_id, "tanstack", after=resume_point(request))
 
 

@@ -3,44 +3,23 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Annotated, Any, Literal
 
 import msgspec
-from msgspec import Meta
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..aio import first_of, until_disconnect
+from ..bodies import PromptRequest, from_prompt
 from ..dialects import render_ws
-from ..errors import GatewayError, InvalidRequest, NotFound
+from ..errors import GatewayError, NotFound
 from ..events import TaskError, TaskInfo, TaskResult, TokenUsage
-from ..http import JSONResponse, read_json, require_text
+from ..http import JSONResponse, read_json
 from ..openapi import doc
-from ..providers import GenerationRequest
 from ..sse import event_stream, frames, pick_dialect, resume_point
 from ..state import gateway
 from ..store import parse_event_id
-
-TaskId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
-NonEmpty = Annotated[str, Meta(min_length=1)]
-
-
-class Message(msgspec.Struct):
-    role: Literal["user", "assistant"]
-    content: str | list[dict[str, Any]]
-
-
-class PromptRequest(msgspec.Struct, kw_only=True):
-    prompt: NonEmpty | None = None
-    system_prompt: str | None = None
-    max_tokens: Annotated[int, Meta(ge=1, le=128_000)] = 4096
-    temperature: Annotated[float, Meta(ge=0, le=1)] | None = None
-    model: Annotated[str, Meta(min_length=1, max_length=200)] | None = None
-    messages: Annotated[list[Message], Meta(min_length=1)] | None = None
-    tools: list[dict[str, Any]] | None = None
-    task_id: TaskId | None = None
 
 
 class PromptResponse(msgspec.Struct):
@@ -73,32 +52,10 @@ class TaskStatus(msgspec.Struct, omit_defaults=True):
     error: TaskError | None = None
 
 
-def generation_request(body: PromptRequest, default_model: str) -> GenerationRequest:
-    if body.prompt is None and body.messages is None:
-        raise InvalidRequest(
-            "prompt is required (or messages)",
-            detail=[{"loc": ["body", "prompt"], "msg": "field required", "type": "missing"}],
-            status=422,
-        )
-    if body.prompt is not None:
-        require_text(body.prompt, "prompt")
-    messages = [msgspec.to_builtins(m) for m in body.messages or ()]
-    if body.prompt is not None:
-        messages.append({"role": "user", "content": body.prompt})
-    return GenerationRequest(
-        model=body.model or default_model,
-        messages=messages,
-        max_tokens=body.max_tokens,
-        system=body.system_prompt or None,
-        temperature=body.temperature,
-        tools=body.tools or None,
-    )
-
-
 async def _submit(request: Request) -> TaskInfo:
     gw = gateway(request)
     body = await read_json(request, PromptRequest, gw.settings.max_body_bytes)
-    info, _ = await gw.runner.submit(body.task_id, generation_request(body, gw.settings.claude_model))
+    info, _ = await gw.runner.submit(body.task_id, from_prompt(body, gw.settings.claude_model))
     return info
 
 

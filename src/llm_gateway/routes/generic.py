@@ -4,58 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from typing import Annotated, Any
+from typing import Any
 
 import msgspec
-from msgspec import Meta
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from ..bodies import ChatRequest, GenerateRequest, QueryRequest, WsGenerateRequest, from_text
 from ..errors import GatewayError, utc_now_iso
-from ..events import Complete, Error, Text
-from ..http import JSONResponse, decode_json, read_json, require_text, validate
-from ..locks import held
+from ..events import Complete
+from ..http import JSONResponse, decode_json, read_json, validate
 from ..openapi import doc
-from ..providers import GenerationRequest
 from ..sse import task_stream
 from ..state import Gateway, gateway
-from .claude import TaskId
-
-Prompt = Annotated[str, Meta(min_length=1, max_length=10_000)]
-MaxTokens = Annotated[int, Meta(ge=1, le=8000)]
-Temperature = Annotated[float, Meta(ge=0, le=1)]
-Model = Annotated[str, Meta(min_length=1, max_length=200)]
-
-
-class GenerateRequest(msgspec.Struct, kw_only=True):
-    prompt: Prompt
-    max_tokens: MaxTokens = 1024
-    temperature: Temperature | None = None
-    system: str | None = None
-    model: Model | None = None
-
-
-class WsGenerateRequest(GenerateRequest, kw_only=True):
-    stream: bool = False
-
-
-class ChatRequest(msgspec.Struct, kw_only=True):
-    message: Prompt
-    conversation_id: TaskId | None = None
-    max_tokens: MaxTokens = 1024
-    system: str | None = None
-    temperature: Temperature | None = None
-    model: Model | None = None
-
-
-class QueryRequest(msgspec.Struct, kw_only=True):
-    prompt: Annotated[str, Meta(min_length=1)]
-    max_tokens: Annotated[int, Meta(ge=1, le=128_000)] = 1024
-    temperature: Temperature | None = None
-    system: str | None = None
-    model: Model | None = None
 
 
 class GenerateResponse(msgspec.Struct, omit_defaults=True):
@@ -69,21 +32,6 @@ class GenerateResponse(msgspec.Struct, omit_defaults=True):
     conversation_id: str | None = None
 
 
-class Conversation(msgspec.Struct):
-    messages: list[dict[str, Any]] = msgspec.field(default_factory=list)
-
-
-def generation(gw: Gateway, body: GenerateRequest | QueryRequest, messages: list[dict[str, Any]]) -> GenerationRequest:
-    require_text(body.prompt, "prompt")
-    return GenerationRequest(
-        model=body.model or gw.settings.claude_model,
-        messages=messages,
-        max_tokens=body.max_tokens,
-        system=body.system or None,
-        temperature=body.temperature,
-    )
-
-
 def answered(complete: Complete, prompt: str, task_id: str, conversation_id: str | None = None) -> GenerateResponse:
     tokens = complete.usage.input_tokens + complete.usage.output_tokens
     return GenerateResponse(
@@ -95,7 +43,7 @@ def answered(complete: Complete, prompt: str, task_id: str, conversation_id: str
 async def generate(request: Request) -> Response:
     gw = gateway(request)
     body = await read_json(request, GenerateRequest, gw.settings.max_body_bytes)
-    info, _ = await gw.runner.submit(None, generation(gw, body, [{"role": "user", "content": body.prompt}]))
+    info, _ = await gw.runner.submit(None, from_text(body, gw.settings.claude_model))
     complete = await gw.runner.answer(info.task_id)
     return JSONResponse(answered(complete, body.prompt, info.task_id), headers={"X-Task-Id": info.task_id})
 
@@ -106,34 +54,13 @@ async def chat(request: Request) -> Response:
     gw = gateway(request)
     body = await read_json(request, ChatRequest, gw.settings.max_body_bytes)
     conversation_id = body.conversation_id or str(uuid.uuid4())
-    key = f"conversation:{conversation_id}"
-    async with held(gw.store, f"{key}:lock", ttl=max(3.0, gw.settings.task_lease_seconds * 3)):
-        stored = await gw.store.get_value(key)
-        history = msgspec.json.decode(stored, type=Conversation) if stored else Conversation()
-        user_turn = {"role": "user", "content": body.message}
-        generate_request = generation(
-            gw,
-            GenerateRequest(
-                prompt=body.message,
-                max_tokens=body.max_tokens,
-                system=body.system,
-                temperature=body.temperature,
-                model=body.model,
-            ),
-            [*history.messages, user_turn],
-        )
-        info, _ = await gw.runner.submit(None, generate_request)
-        complete = await gw.runner.answer(info.task_id)
-        history.messages += [user_turn, {"role": "assistant", "content": complete.text}]
-        await gw.store.set_value(key, msgspec.json.encode(history), ttl=gw.settings.conversation_ttl_seconds)
-    return JSONResponse(
-        answered(complete, body.message, info.task_id, conversation_id), headers={"X-Task-Id": info.task_id}
-    )
+    task_id, complete = await gw.conversations.turn(conversation_id, body)
+    return JSONResponse(answered(complete, body.message, task_id, conversation_id), headers={"X-Task-Id": task_id})
 
 
 async def _text_stream(request: Request, body: GenerateRequest | QueryRequest) -> Response:
     gw = gateway(request)
-    info, _ = await gw.runner.submit(None, generation(gw, body, [{"role": "user", "content": body.prompt}]))
+    info, _ = await gw.runner.submit(None, from_text(body, gw.settings.claude_model))
     return task_stream(request, gw.store, info.task_id, "text", after=None)
 
 
@@ -165,24 +92,20 @@ async def generate_ws(websocket: WebSocket) -> None:
                 error: dict[str, Any] = {"event": "error", "success": False, "error": exc.message, "type": exc.type}
                 if exc.detail is not None:
                     error["detail"] = exc.detail
+                if exc.retry_after is not None:
+                    error["retry_after"] = exc.retry_after
                 await websocket.send_text(msgspec.json.encode(error).decode())
 
 
 async def _answer_ws(gw: Gateway, websocket: WebSocket, raw: str) -> None:
     body = validate(decode_json(raw, "message"), WsGenerateRequest)
-    info, _ = await gw.runner.submit(None, generation(gw, body, [{"role": "user", "content": body.prompt}]))
-    terminal = None
-    async for batch in gw.store.follow(info.task_id):
-        for _, event in batch:
-            if isinstance(event, Text) and body.stream and event.text:
-                await websocket.send_text(msgspec.json.encode({"event": "chunk", "chunk": event.text}).decode())
-            elif isinstance(event, Complete | Error):
-                terminal = event
-    if isinstance(terminal, Error):
-        raise GatewayError(terminal.type, terminal.message)
-    if terminal is None:
-        raise GatewayError("internal", "the task ended without an answer")
-    reply = answered(terminal, body.prompt, info.task_id)
+    info, _ = await gw.runner.submit(None, from_text(body, gw.settings.claude_model))
+
+    async def send_chunk(text: str) -> None:
+        await websocket.send_text(msgspec.json.encode({"event": "chunk", "chunk": text}).decode())
+
+    complete = await gw.runner.answer(info.task_id, send_chunk if body.stream else None)
+    reply = answered(complete, body.prompt, info.task_id)
     message = {
         "event": "complete",
         "success": True,
