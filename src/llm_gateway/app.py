@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import hmac
 import logging
-import re
 from collections.abc import AsyncIterator
 from urllib.parse import parse_qs
 
@@ -24,6 +23,7 @@ from .conversations import Conversations
 from .errors import ErrorType, GatewayError
 from .http import error_response
 from .providers.registry import Providers
+from .redact import mask_query
 from .routes import chat, claude, generic, meta, trellis as trellis_routes
 from .state import Gateway
 from .store import Store, open_store
@@ -36,14 +36,17 @@ OPEN_PATHS = frozenset({"/", "/health", "/docs", "/redoc", "/openapi.json"})
 
 
 class RedactKeysFilter(logging.Filter):
-    """Keeps ``?api_key=`` (how browsers' WebSockets send a client key) out of uvicorn's request lines."""
-
-    pattern = re.compile(r"(api_key=)[^&\s\"']+")
+    """Keeps client keys sent in a query (``?api_key=``, however percent-encoded) out of uvicorn's log lines."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple):
-            record.args = tuple(self.pattern.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args)
+            record.args = tuple(_masked(a) if isinstance(a, str) else a for a in record.args)
         return True
+
+
+def _masked(value: str) -> str:
+    path, question, query = value.partition("?")
+    return path + question + mask_query(query) if question else value
 
 
 def redact_client_keys_in_logs() -> None:
@@ -148,6 +151,7 @@ def create_app(
             ttl=settings.conversation_ttl_seconds,
             default_model=settings.claude_model,
             lock_ttl=max(3.0, settings.task_lease_seconds * 3),
+            max_messages=settings.conversation_max_messages,
         )
         app.state.gateway = Gateway(settings, opened_store, opened_providers, runner, trellis, answers, conversations)
         try:

@@ -22,6 +22,8 @@ def _uvicorn_config(app: object, settings: Settings, **overrides: object) -> uvi
         "log_level": settings.log_level.lower(),
         "timeout_graceful_shutdown": max(1.0, settings.shutdown_grace_seconds),
         "ws": "websockets-sansio",
+        # Messages over MAX_BODY_BYTES get a payload_too_large reply from the route; far over it, close 1009.
+        "ws_max_size": 4 * settings.max_body_bytes,
         "proxy_headers": True,
         **overrides,
     }

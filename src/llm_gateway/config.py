@@ -45,6 +45,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     shutdown_grace_seconds: Annotated[float, Meta(ge=0)] = 10.0
     cache_ttl_seconds: PositiveInt = 900
     conversation_ttl_seconds: PositiveInt = 86400
+    conversation_max_messages: Annotated[int, Meta(ge=2)] = 100
     trellis_api_key: str | None = None
     trellis_base_url: str = "https://api.piapi.ai"
     trellis_poll_interval: PositiveFloat = 2.0
@@ -56,15 +57,22 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     log_level: str = "info"
 
     def __post_init__(self) -> None:
+        if problems := self.problems():
+            raise ValueError("; ".join(problems))
+
+    def problems(self) -> list[str]:
+        """What is wrong across settings (each one's own type and range are checked by msgspec)."""
+        problems = []
         if self.log_level.lower() not in LOG_LEVELS:
-            raise ValueError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
+            problems.append(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
         if self.workers > 1 and not self.redis_url:
-            raise ValueError(
+            problems.append(
                 f"WORKERS={self.workers} needs REDIS_URL: the embedded store lives in one process, "
                 "so several workers would not see each other's tasks"
             )
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("REDIS_URL must start with redis://, rediss:// or unix://")
+            problems.append("REDIS_URL must start with redis://, rediss:// or unix://")
+        return problems
 
     @property
     def cors_origin_list(self) -> list[str]:
@@ -108,7 +116,29 @@ def from_env(environ: Mapping[str, str] | None = None, env_file: str | Path | No
     try:
         return msgspec.convert(known, Settings, strict=False)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"invalid setting: {describe_validation_error(exc)}") from None
+        problems = _field_problems(known) or [describe_validation_error(exc)]
+        raise ConfigError(f"invalid setting{'s' if len(problems) > 1 else ''}: {'; '.join(problems)}") from None
+
+
+def _field_problems(known: dict[str, str]) -> list[str]:
+    """Every bad value, each checked on its own (msgspec stops at the first), then the rules across settings."""
+    fields = {field.encode_name: field for field in msgspec.structs.fields(Settings)}
+    problems = []
+    valid: dict[str, str] = {}
+    for name, value in known.items():
+        try:
+            msgspec.convert({name: value}, Settings, strict=False)
+            valid[name] = value
+        except msgspec.ValidationError as exc:
+            if name in fields and " - at `$." in str(exc):
+                problems.append(describe_validation_error(exc))
+            else:
+                valid[name] = value  # only wrong together with others: reported below
+    try:
+        msgspec.convert(valid, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        problems.append(describe_validation_error(exc))
+    return problems
 
 
 def describe_validation_error(exc: msgspec.ValidationError) -> str:

@@ -1,7 +1,8 @@
 """Conversations kept in the store (seed 001's ``/api/chat``): each turn sends the history back to the model.
 
 Turns of one conversation run one after the other, under a lock shared by every replica, so two turns sent
-at once both land in the history, in order.
+at once both land in the history, in order. A conversation keeps its newest ``max_messages`` (oldest turns
+dropped first, so it always starts with a user turn, as the Messages API wants).
 """
 
 from __future__ import annotations
@@ -21,8 +22,18 @@ class History(msgspec.Struct):
 
 
 class Conversations:
-    def __init__(self, store: Store, runner: TaskRunner, *, ttl: float, default_model: str, lock_ttl: float) -> None:
+    def __init__(
+        self,
+        store: Store,
+        runner: TaskRunner,
+        *,
+        ttl: float,
+        default_model: str,
+        lock_ttl: float,
+        max_messages: int = 100,
+    ) -> None:
         self.store = store
+        self.max_messages = max_messages
         self.runner = runner
         self.ttl = ttl
         self.default_model = default_model
@@ -37,6 +48,16 @@ class Conversations:
             request = from_text(body, self.default_model, history.messages)
             info, _ = await self.runner.submit(None, request)
             complete = await self.runner.answer(info.task_id)
-            history.messages += [user(body.message), assistant(complete.text)]
+            history.messages = newest(
+                [*history.messages, user(body.message), assistant(complete.text)], self.max_messages
+            )
             await self.store.set_value(key, msgspec.json.encode(history), ttl=self.ttl)
         return info.task_id, complete
+
+
+def newest(messages: list[Message], limit: int) -> list[Message]:
+    """The newest ``limit`` messages at most, starting with a user turn."""
+    kept = messages[-limit:]
+    while kept and kept[0].role != "user":
+        kept = kept[1:]
+    return kept

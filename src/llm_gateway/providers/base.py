@@ -12,6 +12,7 @@ import msgspec
 from ..content import Message, TextBlock
 from ..errors import ErrorType, GatewayError
 from ..events import Event
+from ..redact import scrub
 
 
 class GenerationRequest(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -77,7 +78,7 @@ def error_from_upstream(
 ) -> GatewayError:
     """Map an upstream failure (HTTP status, or 200 with an in-stream error type) to our error type."""
     our_type = _TYPE_BY_UPSTREAM_TYPE.get(upstream_type or "") or _type_for_status(status)
-    text = f"upstream {upstream_type or status}: {message or 'no message'}"
+    text = scrub(f"upstream {upstream_type or status}: {message or 'no message'}")
     seconds = None
     if our_type in ("upstream_rate_limited", "upstream_overloaded"):
         try:

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import re
 import secrets
 from collections.abc import Iterator
 
@@ -26,7 +25,6 @@ STOP_REASONS = {
     "function_call": "tool_use",
     "content_filter": "refusal",
 }
-_SECRET = re.compile(r"\b(?:sk-|AIza)[\w*.-]{6,}")  # keys echoed (masked or not) in upstream messages
 
 
 class _WireError(msgspec.Struct):
@@ -104,7 +102,7 @@ def upstream_error(error: _WireError | str | None, status: int, retry_after: str
         kind = _error_kind(wire)
         if kind is None and isinstance(wire.code, int) and 400 <= wire.code < 600:
             status = wire.code  # Gemini puts the HTTP status it would have sent in ``code``
-    return error_from_upstream(status, kind, _SECRET.sub("[redacted]", wire.message) or None, retry_after)
+    return error_from_upstream(status, kind, wire.message or None, retry_after)
 
 
 def error_in_body(raw: bytes) -> _WireError | str | None:

@@ -87,6 +87,8 @@ async def generate_ws(websocket: WebSocket) -> None:
                 return
             raw = message.get("text") or (message.get("bytes") or b"").decode("utf-8", "replace")
             try:
+                if len(raw) > gw.settings.max_body_bytes // 4 and len(raw.encode()) > gw.settings.max_body_bytes:
+                    raise GatewayError("payload_too_large", f"message over {gw.settings.max_body_bytes} bytes")
                 await _answer_ws(gw, websocket, raw)
             except GatewayError as exc:
                 error: dict[str, Any] = {"event": "error", "success": False, "error": exc.message, "type": exc.type}

@@ -11,6 +11,7 @@ from .. import __version__, openapi
 from ..errors import utc_now_iso
 from ..http import JSONResponse
 from ..openapi import doc
+from ..redact import mask_url
 from ..state import gateway
 
 
@@ -105,7 +106,7 @@ async def auth_status(request: Request) -> Response:
         auth_type=auth_type(request),
         api_key=mask(settings.anthropic_api_key),
         auth_token=mask(settings.anthropic_auth_token),
-        base_url=settings.anthropic_base_url or "https://api.anthropic.com",
+        base_url=mask_url(settings.anthropic_base_url or "https://api.anthropic.com"),
         model=settings.claude_model,
         client_keys_required=bool(settings.client_api_keys),
         timestamp=utc_now_iso(),
