@@ -23,15 +23,17 @@ async def held(store: Store, key: str, *, ttl: float = 15.0, wait: float = 120.0
     """Hold ``key`` (waiting up to ``wait`` seconds for it); Conflict if it stays taken."""
     token = uuid.uuid4().hex.encode()
     delay = 0.01
-    async with asyncio.timeout(wait) as deadline:
-        try:
+    deadline = asyncio.timeout(wait)
+    try:
+        # The TimeoutError comes out of the ``async with``, not from inside it.
+        async with deadline:
             while not await store.set_value_if_absent(key, token, ttl=ttl):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.25)
-        except TimeoutError:
-            if deadline.expired():
-                raise Conflict(f"{key} is busy; try again later") from None
-            raise
+    except TimeoutError:
+        if deadline.expired():
+            raise Conflict(f"{key} is busy; try again later") from None
+        raise
     renewer = asyncio.create_task(_renew(store, key, token, ttl), name=f"lock-{key}")
     try:
         yield
