@@ -27,6 +27,7 @@ import msgspec
 from .aio import cancel_and_wait
 from .errors import GatewayError
 from .events import Complete, Error, Progress, Start, TokenUsage
+from .lease import Lease
 from .locks import held
 from .store import EventBatch, Store, TaskEnded
 
@@ -198,64 +199,50 @@ class TrellisTracker:
             await self.store.set_value(f"trellis:watched:{task_id}", b"1", ttl=self.watched_seconds)
         candidates = (await self.store.members(TRACKED)) | set(self._watchers)
         for task_id in candidates - set(self._pollers):
-            lease = f"trellis:poller:{task_id}"
-            if await self.store.set_value_if_absent(lease, self.replica_id.encode(), ttl=self.lease_seconds):
-                self._pollers[task_id] = asyncio.create_task(self._poll(task_id), name=f"trellis-poll-{task_id}")
+            lease = Lease(
+                self.store, f"trellis:poller:{task_id}", ttl=self.lease_seconds, token=self.replica_id.encode()
+            )
+            if await lease.take():
+                self._pollers[task_id] = asyncio.create_task(self._poll(task_id, lease), name=f"trellis-poll-{task_id}")
 
-    async def _poll(self, task_id: str) -> None:
-        """Poll while this replica holds the task's lease, renewed by its own task so that neither a slow PiAPI
-        nor a long backoff lets it lapse while we still poll."""
-        lease = f"trellis:poller:{task_id}"
-        token = self.replica_id.encode()
-        renewer = asyncio.create_task(self._keep_lease(lease, token), name=f"trellis-lease-{task_id}")
-        delay = self.interval
+    async def _poll(self, task_id: str, lease: Lease) -> None:
+        """Poll while this replica holds the task's lease, renewed by the lease's own task so that neither a slow
+        PiAPI nor a long backoff lets it lapse while we still poll."""
         try:
-            while not renewer.done():
-                info = await self.store.get_task(log_id(task_id))
-                if info is not None and info.finished:
-                    break
-                if info is not None and _age(info.created_at) > self.max_wait:
-                    await self._give_up(task_id, f"gave up after TRELLIS_MAX_WAIT ({self.max_wait:.0f}s)")
-                    break
-                try:
-                    data = await self.client.get(task_id)
-                    delay = self.interval
-                except GatewayError as exc:
-                    delay = min(delay * 2, 60.0)  # back off while PiAPI is unwell
-                    log.warning("trellis poll of %s failed (%s); next in %.1fs", task_id, exc.type, delay)
-                else:
-                    if renewer.done():
-                        break  # the lease was lost meanwhile: another replica polls now
-                    if data is None:
-                        await self._give_up(task_id, "PiAPI does not know this task")
-                        break
-                    await self._ensure_log(task_id, data)
-                    if await self._record(task_id, to_progress(data)):
-                        break
-                    if not await self._wanted(task_id):
-                        break  # nobody tracks or watches it any more
-                await asyncio.sleep(delay * random.uniform(0.9, 1.1))
+            async with lease:
+                await self._poll_held(task_id, lease)
         except Exception as exc:  # the store is unwell: stop; the offer loop starts a poller again later
             log.warning("trellis poller of %s stopped: %s", task_id, type(exc).__name__)
         finally:
             self._pollers.pop(task_id, None)
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(5):
-                    await self.store.delete_value(lease, if_equals=token)
 
-    async def _keep_lease(self, lease: str, token: bytes) -> None:
-        """Renew the lease every third of its time; return (ending the poll) once it is lost."""
-        while True:
-            await asyncio.sleep(self.lease_seconds / 3)
+    async def _poll_held(self, task_id: str, lease: Lease) -> None:
+        delay = self.interval
+        while not lease.lost:
+            info = await self.store.get_task(log_id(task_id))
+            if info is not None and info.finished:
+                break
+            if info is not None and _age(info.created_at) > self.max_wait:
+                await self._give_up(task_id, f"gave up after TRELLIS_MAX_WAIT ({self.max_wait:.0f}s)")
+                break
             try:
-                async with asyncio.timeout(self.lease_seconds / 3):
-                    if not await self.store.refresh_value(lease, token, ttl=self.lease_seconds):
-                        return
-            except Exception as exc:
-                log.warning("could not renew trellis lease %s: %s", lease, type(exc).__name__)
+                data = await self.client.get(task_id)
+                delay = self.interval
+            except GatewayError as exc:
+                delay = min(delay * 2, 60.0)  # back off while PiAPI is unwell
+                log.warning("trellis poll of %s failed (%s); next in %.1fs", task_id, exc.type, delay)
+            else:
+                if lease.lost:
+                    break  # the lease was lost meanwhile: another replica polls now
+                if data is None:
+                    await self._give_up(task_id, "PiAPI does not know this task")
+                    break
+                await self._ensure_log(task_id, data)
+                if await self._record(task_id, to_progress(data)):
+                    break
+                if not await self._wanted(task_id):
+                    break  # nobody tracks or watches it any more
+            await asyncio.sleep(delay * random.uniform(0.9, 1.1))
 
     async def _wanted(self, task_id: str) -> bool:
         if task_id in self._watchers or task_id in await self.store.members(TRACKED):
