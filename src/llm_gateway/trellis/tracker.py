@@ -1,10 +1,10 @@
-"""PiAPI Trellis (image to 3D): the client, the status mapping, and one poller per task for the whole cluster.
+"""PiAPI Trellis (image to 3D): one poller per task for the whole cluster, and what the routes ask of it.
 
 Each Trellis task has an event log in the store (id ``trellis:<PiAPI task id>``, the same mechanism as Claude
 tasks) holding its ``progress`` events, ended by ``complete`` or ``error``. Whoever watches it, on any replica,
 follows that log. The polling happens once per task for the whole cluster: every replica's ``TrellisTracker``
 offers to poll the tasks the cluster tracks (created here) or that its own sockets watch, and a lease in the store
-(``set_value_if_absent``, renewed each poll) lets exactly one of them do it. If that replica dies, its lease
+(a ``Lease``, renewed while it polls) lets exactly one of them do it. If that replica dies, its lease
 lapses and another takes over. A poller stops at a terminal status, after TRELLIS_MAX_WAIT (``error``), or
 when the task is neither tracked nor watched anywhere.
 """
@@ -16,102 +16,27 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import datetime
 from typing import Any
-from urllib.parse import quote
 
-import httpx
-import msgspec
-
-from .aio import cancel_and_wait
-from .errors import GatewayError
-from .events import Complete, Error, Progress, Start, TokenUsage
-from .lease import Lease
-from .locks import held
-from .store import EventBatch, Store, TaskEnded
+from ..aio import cancel_and_wait
+from ..errors import GatewayError
+from ..events import Complete, Error, Event, Progress, Start, TokenUsage
+from ..lease import Lease
+from ..locks import held
+from ..store import EventBatch, Store, TaskEnded
+from .client import PiAPIClient
+from .status import PENDING, ends, is_final, to_progress
 
 log = logging.getLogger(__name__)
 
 OWNER = "trellis"  # every replica's pollers write as this owner; the poller lease says which one may
 TRACKED = "trellis:tracked"
-PROCESSING = {"pending", "staged", "processing"}
 
 
 def log_id(piapi_task_id: str) -> str:
     return f"trellis:{piapi_task_id}"
-
-
-def to_progress(data: dict[str, Any]) -> Progress:
-    """PiAPI task data -> seed 000's message (statuses compared case-insensitively, as payloads vary)."""
-    status = str(data.get("status", "")).lower()
-    if status == "completed":
-        output = data.get("output") or {}
-        model_file = output.get("model_file") if isinstance(output, dict) else None
-        return Progress("completed", "3D model is ready", model_file, data)
-    if status == "failed":
-        error = data.get("error") or {}
-        message = (error.get("message") or error.get("raw_message")) if isinstance(error, dict) else None
-        return Progress("failed", message or "Trellis task failed", None, data)
-    meta = data.get("meta") or {}
-    progress = meta.get("progress") if isinstance(meta, dict) else None
-    message = f"Task is {status or 'pending'}" + (f" ({progress}%)" if isinstance(progress, int | float) else "")
-    return Progress("processing", message, None, None)
-
-
-def is_final(update: Progress) -> bool:
-    return update.status in ("completed", "failed", "error")
-
-
-class PiAPIClient:
-    """PiAPI's task API over httpx; PiAPI's 4xx on create pass through, 5xx, timeouts and garbage do not."""
-
-    def __init__(self, base_url: str, api_key: str | None, *, timeout: float = 15.0) -> None:
-        headers = {"x-api-key": api_key} if api_key else {}
-        self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout)
-
-    async def close(self) -> None:
-        await self._http.aclose()
-
-    async def create(self, body: bytes) -> tuple[int, Any]:
-        """PiAPI's status and JSON answer; raises upstream_* for 5xx, timeouts and bodies that are not JSON."""
-        response = await self._request("POST", "/api/v1/task", content=body)
-        return response.status_code, self._json(response)
-
-    async def get(self, task_id: str) -> dict[str, Any] | None:
-        """The task's data, or None if PiAPI does not know it."""
-        response = await self._request("GET", f"/api/v1/task/{quote(task_id, safe='')}")
-        if response.status_code == 404:
-            return None
-        answer = self._json(response)
-        if response.status_code >= 400 or not isinstance(answer, dict) or answer.get("code") not in (200, None):
-            if response.status_code in (400, 404) or (isinstance(answer, dict) and answer.get("code") == 404):
-                return None
-            raise GatewayError("upstream_error", f"PiAPI answered {response.status_code}")
-        data = answer.get("data")
-        if not isinstance(data, dict):
-            raise GatewayError("upstream_error", "PiAPI answered without task data")
-        return data
-
-    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            response = await self._http.request(method, path, headers={"content-type": "application/json"}, **kwargs)
-        except httpx.TimeoutException:
-            raise GatewayError("upstream_timeout", "PiAPI did not answer in time") from None
-        except httpx.HTTPError as exc:
-            raise GatewayError("upstream_error", f"PiAPI unreachable: {type(exc).__name__}") from None
-        if response.status_code >= 500:
-            raise GatewayError("upstream_error", f"PiAPI answered {response.status_code}")
-        if response.status_code in (401, 403):
-            raise GatewayError("upstream_auth", "PiAPI refused TRELLIS_API_KEY")
-        return response
-
-    @staticmethod
-    def _json(response: httpx.Response) -> Any:
-        try:
-            return msgspec.json.decode(response.content)
-        except msgspec.DecodeError:
-            raise GatewayError("upstream_error", "PiAPI answered something that is not JSON") from None
 
 
 class TrellisTracker:
@@ -143,14 +68,13 @@ class TrellisTracker:
 
     # --- entry points for the routes -------------------------------------------------------------------
 
-    async def track(self, data: dict[str, Any]) -> None:
-        """A task we created: log its first status, and poll it until it ends, from whichever replica can."""
-        task_id = str(data.get("task_id", ""))
-        if not task_id:
-            return
-        await self._ensure_log(task_id, data)
-        await self.store.add_member(TRACKED, task_id)
-        self._wake.set()
+    async def create(self, body: bytes) -> tuple[int, Any]:
+        """Forward a create-task body to PiAPI unchanged, and track the task it creates; PiAPI's status and answer."""
+        status, answer = await self.client.create(body)
+        task = answer.get("data") if isinstance(answer, dict) else None
+        if status == 200 and isinstance(task, dict) and task.get("task_id"):
+            await self._track(task)
+        return status, answer
 
     async def known(self, task_id: str) -> bool:
         """True once the task has a log; an unknown id is asked of PiAPI once (not hung on)."""
@@ -162,6 +86,30 @@ class TrellisTracker:
         await self._ensure_log(task_id, data)
         await self._record(task_id, to_progress(data))
         return True
+
+    async def status(self, task_id: str) -> Progress:
+        """The task's latest status in its log (``PENDING`` before its first)."""
+        found = latest(await self.store.read(log_id(task_id)))
+        return found[1] if found else PENDING
+
+    async def updates(self, task_id: str) -> AsyncGenerator[Event, None]:
+        """The task's latest status at once (``PENDING`` before its first), then each later event of its log,
+        up to a final status or the log's end."""
+        events = await self.store.read(log_id(task_id))
+        found = latest(events)
+        if found is None:
+            yield PENDING
+            after = events[-1][0] if events else None
+        else:
+            after, update = found
+            yield update
+            if is_final(update):
+                return
+        async for batch in self.store.follow(log_id(task_id), after):
+            for _, event in batch:
+                yield event
+                if ends(event):
+                    return
 
     @contextlib.asynccontextmanager
     async def watching(self, task_id: str) -> AsyncIterator[None]:
@@ -248,6 +196,15 @@ class TrellisTracker:
         if task_id in self._watchers or task_id in await self.store.members(TRACKED):
             return True
         return await self.store.get_value(f"trellis:watched:{task_id}") is not None
+
+    async def _track(self, data: dict[str, Any]) -> None:
+        """A task we created: log its first status, and poll it until it ends, from whichever replica can."""
+        task_id = str(data.get("task_id", ""))
+        if not task_id:
+            return
+        await self._ensure_log(task_id, data)
+        await self.store.add_member(TRACKED, task_id)
+        self._wake.set()
 
     async def _ensure_log(self, task_id: str, data: dict[str, Any]) -> None:
         model = str(data.get("model") or "trellis")
