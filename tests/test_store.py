@@ -372,19 +372,3 @@ async def test_values_with_a_ttl(store: Store) -> None:
     await asyncio.sleep(0.15)
     assert await store.get_value("k") is None, "expired"
     assert await store.set_value_if_absent("k", b"v4", ttl=5)
-
-
-async def test_a_lock_serialises_holders_and_outlives_its_ttl(store: Store) -> None:
-    from llm_gateway.locks import held
-
-    order: list[str] = []
-
-    async def hold(name: str) -> None:
-        async with held(store, "conv", ttl=0.15, wait=5):
-            order.append(f"{name}+")
-            await asyncio.sleep(0.3)  # twice the ttl: renewal keeps it
-            order.append(f"{name}-")
-
-    await asyncio.gather(hold("a"), hold("b"))
-    assert order in (["a+", "a-", "b+", "b-"], ["b+", "b-", "a+", "a-"])
-    assert await store.get_value("conv") is None, "released"

@@ -16,7 +16,8 @@ import pytest
 import websockets
 
 from llm_gateway.emulator import piapi_model_url
-from llm_gateway.trellis import to_progress
+from llm_gateway.events import Error, Event, Progress, Start
+from llm_gateway.trellis import PENDING, StatusRenderer, TrellisMessage, to_progress
 from tests.conftest import EMULATOR_KEY, Emulator, GatewayFactory
 from tests.sse_client import frames
 from tests.test_replicas import replica_process
@@ -72,6 +73,14 @@ def test_piapi_statuses_map_to_the_seed_messages() -> None:
     )
     failed = {"status": "failed", "error": {"message": "bad image", "raw_message": "raw"}}
     assert (to_progress(failed).status, to_progress(failed).message) == ("failed", "bad image")
+
+
+def test_one_renderer_gives_the_seed_messages_of_a_log() -> None:
+    renderer = StatusRenderer()
+    log: list[Event] = [Start("trellis:t", "m"), PENDING, Progress("failed", "bad"), Error("upstream_error", "bad")]
+    assert [m and m.status for m in map(renderer.render, log)] == [None, "processing", "failed", None]
+    interrupted = StatusRenderer().render(Error("interrupted", "the replica went away"))
+    assert interrupted == TrellisMessage("error", "the replica went away", None, None)
 
 
 async def test_create_then_watch_over_websocket_sse_and_get(

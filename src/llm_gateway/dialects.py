@@ -13,6 +13,7 @@ from typing import Any, Protocol
 import msgspec
 
 from .events import Complete, Error, Event, Progress, Start, Text, TokenUsage, ToolCall, Usage
+from .trellis.status import StatusRenderer, trellis_message
 
 _encode = msgspec.json.Encoder().encode
 
@@ -65,17 +66,6 @@ def native_payload(event: Event) -> tuple[str, Any]:
     raise TypeError(f"unknown event {event!r}")
 
 
-class TrellisMessage(msgspec.Struct):
-    status: str
-    message: str
-    data: str | None
-    full_response: Any
-
-
-def trellis_message(event: Progress) -> TrellisMessage:
-    return TrellisMessage(event.status, event.message, event.data, event.full_response)
-
-
 class TrellisDialect:
     """Seed 000's Trellis updates: ``{status, message, data, full_response}`` per change; an end without a final
     status (given up, interrupted) becomes ``status: error``."""
@@ -83,15 +73,11 @@ class TrellisDialect:
     stateful = True
 
     def __init__(self) -> None:
-        self.ended = False
+        self.statuses = StatusRenderer()
 
     def render(self, event_id: str, event: Event) -> bytes:
-        if isinstance(event, Progress):
-            self.ended = event.status in ("completed", "failed", "error")
-            return sse_frame(_encode(trellis_message(event)), event_id)
-        if isinstance(event, Error) and not self.ended:
-            return sse_frame(_encode(TrellisMessage("error", event.message, None, None)), event_id)
-        return b""
+        message = self.statuses.render(event)
+        return b"" if message is None else sse_frame(_encode(message), event_id)
 
 
 def render_native(event_id: str, event: Event) -> bytes:

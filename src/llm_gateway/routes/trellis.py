@@ -15,14 +15,12 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..aio import first_of, until_disconnect
-from ..dialects import TrellisMessage, trellis_message
 from ..errors import GatewayError, InvalidRequest, NotFound
-from ..events import Complete, Error, Progress
 from ..http import JSONResponse, decode_json, read_body, read_json, validate
 from ..openapi import doc
 from ..sse import event_stream, frames, pick_dialect, resume_point
 from ..state import Gateway, gateway
-from ..trellis import is_final, latest, log_id
+from ..trellis import StatusRenderer, TrellisMessage, error_message, log_id, trellis_message
 
 NonEmpty = Annotated[str, Meta(min_length=1)]
 TASK_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
@@ -63,10 +61,7 @@ async def create_task(request: Request) -> Response:
         detail = [{"loc": ["body", "input", "image"], "msg": "field required", "type": "missing"}]
         raise InvalidRequest("input.image is required", detail=detail, status=422)
     _require_trellis(gw)
-    status, answer = await gw.trellis.client.create(raw)
-    task = answer.get("data") if isinstance(answer, dict) else None
-    if status == 200 and isinstance(task, dict) and task.get("task_id"):
-        await gw.trellis.track(task)
+    status, answer = await gw.trellis.create(raw)
     return JSONResponse(answer, status_code=status)
 
 
@@ -78,19 +73,13 @@ def _checked(gw: Gateway, task_id: str) -> str:
     return task_id
 
 
-def _not_found(task_id: str) -> TrellisMessage:
-    return TrellisMessage("error", f"Trellis task {task_id} not found", None, None)
-
-
 @doc("The latest known status of a Trellis task", response=TrellisMessage, tag="trellis")
 async def task_status(request: Request) -> Response:
     gw = gateway(request)
     task_id = _checked(gw, request.path_params["task_id"])
     if not await gw.trellis.known(task_id):
         raise NotFound(f"Trellis task {task_id} is unknown here and at PiAPI")
-    found = latest(await gw.store.read(log_id(task_id)))
-    message = trellis_message(found[1]) if found else TrellisMessage("processing", "Task is pending", None, None)
-    return JSONResponse(message)
+    return JSONResponse(trellis_message(await gw.trellis.status(task_id)))
 
 
 @doc("The Trellis task's status updates over SSE", stream="trellis", query=["format", "last_event_id"], tag="trellis")
@@ -119,11 +108,11 @@ async def task_ws(websocket: WebSocket) -> None:
         try:
             known = await gw.trellis.known(_checked(gw, task_id))
         except GatewayError as exc:
-            await _send(websocket, TrellisMessage("error", exc.message, None, None))
+            await _send(websocket, error_message(exc.message))
             await websocket.close()
             return
         if not known:
-            await _send(websocket, _not_found(task_id))
+            await _send(websocket, error_message(f"Trellis task {task_id} not found"))
             await websocket.close()
             return
         async with gw.trellis.watching(task_id):
@@ -136,27 +125,12 @@ async def _send(websocket: WebSocket, message: TrellisMessage) -> None:
 
 
 async def _send_updates(gw: Gateway, websocket: WebSocket, task_id: str) -> None:
-    events = await gw.store.read(log_id(task_id))
-    found = latest(events)
-    if found is None:
-        await _send(websocket, TrellisMessage("processing", "Task is pending", None, None))
-        after = events[-1][0] if events else None
-    else:
-        after, update = found
-        await _send(websocket, trellis_message(update))
-        if is_final(update):
-            return
-    async for batch in gw.store.follow(log_id(task_id), after):
-        for _, event in batch:
-            if isinstance(event, Progress):
-                await _send(websocket, trellis_message(event))
-                if is_final(event):
-                    return
-            elif isinstance(event, Error):
-                await _send(websocket, TrellisMessage("error", event.message, None, None))
-                return
-            elif isinstance(event, Complete):
-                return
+    statuses = StatusRenderer()
+    async with contextlib.aclosing(gw.trellis.updates(task_id)) as updates:
+        async for event in updates:
+            message = statuses.render(event)
+            if message is not None:
+                await _send(websocket, message)
 
 
 def _is_close(text: str) -> bool:
