@@ -41,7 +41,8 @@ def test_text() -> None:
     assert raw == b"id: 1-1\ndata: Hello\n\nid: 1-2\ndata:  two\ndata: lines\ndata: \n\ndata: [DONE]\n\n"
     failed = render(TextDialect(), FAILED)
     assert failed.endswith(
-        b'event: error\nid: 1-3\ndata: {"type":"upstream_overloaded","message":"Overloaded"}\n\ndata: [DONE]\n\n'
+        b'event: error\nid: 1-3\ndata: {"type":"upstream_overloaded","message":"Overloaded","retryable":false}\n\n'
+        b"data: [DONE]\n\n"
     )
 
 
@@ -56,6 +57,7 @@ def test_status() -> None:
         "status": "error",
         "message": "Overloaded",
         "type": "upstream_overloaded",
+        "retryable": False,
     }
 
 
@@ -82,7 +84,11 @@ def test_tanstack_legacy_chunks() -> None:
         },
     ]
     error = data_lines(render(TanStackDialect("t1"), FAILED))[-2]
-    assert error["type"] == "error" and error["error"] == {"message": "Overloaded", "code": "upstream_overloaded"}
+    assert error["type"] == "error" and error["error"] == {
+        "message": "Overloaded",
+        "code": "upstream_overloaded",
+        "retryable": False,
+    }
 
 
 def test_agui_events_in_order() -> None:
@@ -131,7 +137,7 @@ def test_agui_events_in_order() -> None:
         "type": "RUN_ERROR",
         "message": "Overloaded",
         "code": "upstream_overloaded",
-        "metadata": {"tanstack": {"threadId": "th1", "runId": "r1"}},
+        "metadata": {"tanstack": {"threadId": "th1", "runId": "r1"}, "retryable": False},
     }
 
 

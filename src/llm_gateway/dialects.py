@@ -41,9 +41,19 @@ class NativeComplete(msgspec.Struct):
     model: str
 
 
-class NativeError(msgspec.Struct):
+class NativeError(msgspec.Struct, omit_defaults=True):
     type: str
     message: str
+    retryable: bool
+    retry_after: float | None = None
+
+
+def error_fields(event: Error) -> dict[str, Any]:
+    """``retryable`` always, ``retry_after`` where the upstream gave one (API.md §1)."""
+    fields: dict[str, Any] = {"retryable": event.retryable}
+    if event.retry_after is not None:
+        fields["retry_after"] = event.retry_after
+    return fields
 
 
 def native_payload(event: Event) -> tuple[str, Any]:
@@ -60,7 +70,7 @@ def native_payload(event: Event) -> tuple[str, Any]:
         case Complete(text=text, stop_reason=stop_reason, usage=usage, model=model):
             return "complete", NativeComplete(text, stop_reason, usage, model)
         case Error(type=type_, message=message):
-            return "error", NativeError(type_, message)
+            return "error", NativeError(type_, message, event.retryable, event.retry_after)
         case Progress():
             return "progress", trellis_message(event)
     raise TypeError(f"unknown event {event!r}")
@@ -138,7 +148,8 @@ class TextDialect:
             case Complete():
                 return DONE
             case Error(type=type_, message=message):
-                return sse_frame(_encode({"type": type_, "message": message}), event_id, "error") + DONE
+                body = {"type": type_, "message": message, **error_fields(event)}
+                return sse_frame(_encode(body), event_id, "error") + DONE
         return b""
 
 
@@ -156,7 +167,8 @@ class StatusDialect:
             case Complete(text=text):
                 return sse_frame(_encode({"status": "completed", "chunk": text}), event_id)
             case Error(type=type_, message=message):
-                return sse_frame(_encode({"status": "error", "message": message, "type": type_}), event_id)
+                body = {"status": "error", "message": message, "type": type_, **error_fields(event)}
+                return sse_frame(_encode(body), event_id)
         return b""
 
 
@@ -211,7 +223,8 @@ class TanStackDialect:
                 }
                 return self._chunk(event_id, "done", finishReason=finish_reason(stop_reason), usage=totals) + DONE
             case Error(type=type_, message=message):
-                return self._chunk(event_id, "error", error={"message": message, "code": type_}) + DONE
+                error = {"message": message, "code": type_, **error_fields(event)}
+                return self._chunk(event_id, "error", error=error) + DONE
         return b""
 
 
@@ -313,7 +326,8 @@ class AguiDialect:
             case Error(type=type_, message=message):
                 out.extend(self._close_blocks())
                 tanstack = {"threadId": self.thread_id, "runId": self.run_id}
-                out.append({"type": "RUN_ERROR", "message": message, "code": type_, "metadata": {"tanstack": tanstack}})
+                metadata = {"tanstack": tanstack, **error_fields(event)}
+                out.append({"type": "RUN_ERROR", "message": message, "code": type_, "metadata": metadata})
         return self._frames(event_id, out) if out else b""
 
 
