@@ -1,9 +1,16 @@
-"""OpenAI's chat completions: ``POST /v1/chat/completions``."""
+"""OpenAI's chat completions, ``POST /v1/chat/completions``: its request, its completion and chunks, its errors.
+
+- The key goes in ``Authorization: Bearer`` only.
+- A conversation ending in ``tool`` messages has their contents as its prompt, which is what the Messages side
+  makes of the same turn (tool results only).
+- ``max_completion_tokens`` or ``max_tokens`` cut the text (``finish_reason: "length"``).
+- ``tool=NAME`` adds a tool call `emulated_call_id`, whose arguments a stream sends in two fragments.
+- Errors are ``{"error": {message, type, param, code}}``; fault 529 is a 503, ``error_midstream`` a
+  ``data: {"error": …}`` frame.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import secrets
 import time
 from typing import Annotated, Any
@@ -12,10 +19,11 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .anthropic import APIError, directives, texts
+from .answer import Answer, Ending, input_tokens
+from .plan import BadDirective, HTTPFault, plan
 from .state import Emulator
-from .stream import SSE, Stream, encode, json_response, request_id
-from .words import emulated_call_id, emulated_deltas, emulated_tool_input
+from .stream import Frames, UpstreamError, encode, request_id, respond
+from .words import emulated_call_id
 
 
 class _ChatMessage(msgspec.Struct):
@@ -39,15 +47,16 @@ class _ChatRequest(msgspec.Struct):
 
 _chat_request_decoder = msgspec.json.Decoder(_ChatRequest)
 
-_CHAT_FAULTS: dict[str, tuple[int, str, str | None, str]] = {
+_CHAT_FAULTS: dict[HTTPFault, tuple[int, str, str | None, str]] = {
     "401": (401, "invalid_request_error", "invalid_api_key", "Incorrect API key provided"),
     "429": (429, "requests", "rate_limit_exceeded", "Rate limit reached for requests"),
     "500": (500, "server_error", None, "The server had an error while processing your request"),
     "529": (503, "server_error", "overloaded", "The engine is currently overloaded, please try again later"),
 }
+_FINISH_REASONS: dict[Ending, str] = {"truncated": "length", "tool": "tool_calls", "done": "stop"}
 
 
-class ChatError(APIError):
+class ChatError(UpstreamError):
     """An OpenAI error response: `chat_error_response` renders it."""
 
     def __init__(
@@ -88,54 +97,59 @@ def _chat_prompt(messages: list[_ChatMessage]) -> str:
     return next((_chat_text(m.content) for m in reversed(messages) if m.role == "user"), "")
 
 
-@dataclasses.dataclass
-class _ChatAnswer:
-    request: _ChatRequest
-    prompt: str
-    deltas: list[str]
-    tool: str | None
-    finish_reason: str
-    id: str = dataclasses.field(default_factory=lambda: "chatcmpl-emu-" + secrets.token_hex(12))
-    created: int = dataclasses.field(default_factory=lambda: int(time.time()))
+def _data_frame(data: dict[str, Any]) -> bytes:
+    return b"data: " + encode(data) + b"\n\n"
 
-    @property
-    def usage(self) -> dict[str, int]:
-        chars = sum(len(text) for message in self.request.messages for text in texts(message.content))
-        prompt_tokens, completion_tokens = max(1, chars // 4), len(self.deltas) + (3 if self.tool else 0)
-        total = prompt_tokens + completion_tokens
-        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": total}
+
+class _Chat(msgspec.Struct, frozen=True):
+    """Chat completions' `Format`, for one request: its completion, or its chunks, share one id."""
+
+    request: _ChatRequest
+    id: str = msgspec.field(default_factory=lambda: "chatcmpl-emu-" + secrets.token_hex(12))
+    created: int = msgspec.field(default_factory=lambda: int(time.time()))
 
     @property
     def include_usage(self) -> bool:
         return self.request.stream_options is not None and self.request.stream_options.include_usage
 
-    def completion(self) -> dict[str, Any]:
-        message: dict[str, Any] = {"role": "assistant", "content": "".join(self.deltas), "refusal": None}
-        if self.tool:
-            arguments = encode(emulated_tool_input(self.prompt)).decode()
-            function = {"name": self.tool, "arguments": arguments}
-            message["tool_calls"] = [{"id": emulated_call_id(self.prompt), "type": "function", "function": function}]
-        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": self.finish_reason}
-        return {**self._base("chat.completion"), "choices": [choice], "usage": self.usage}
+    def error(self, fault: HTTPFault, headers: dict[str, str] | None) -> ChatError:
+        status, kind, code, message = _CHAT_FAULTS[fault]
+        return ChatError(status, kind, code, message, headers)
 
-    def frames(self) -> tuple[list[bytes], list[bytes], list[bytes]]:
-        """The SSE frames: the role chunk, the text deltas, then tool calls, finish, usage and ``[DONE]``."""
+    def body(self, answer: Answer) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(answer.deltas), "refusal": None}
+        if answer.tool:
+            function = {"name": answer.tool, "arguments": answer.arguments()}
+            message["tool_calls"] = [{"id": emulated_call_id(answer.prompt), "type": "function", "function": function}]
+        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": _FINISH_REASONS[answer.ending]}
+        return {**self._base("chat.completion"), "choices": [choice], "usage": self._usage(answer)}
+
+    def frames(self, answer: Answer) -> Frames:
+        """The role chunk; the text deltas; then tool calls, finish, usage and ``[DONE]``."""
         head = [self._chunk({"role": "assistant", "content": ""})]
-        deltas = [self._chunk({"content": text}) for text in self.deltas]
+        deltas = [self._chunk({"content": text}) for text in answer.deltas]
         tail = []
-        if self.tool:
-            arguments = encode(emulated_tool_input(self.prompt)).decode()
-            half = len(arguments) // 2
-            opening = {"index": 0, "id": emulated_call_id(self.prompt), "type": "function"}
-            opening["function"] = {"name": self.tool, "arguments": ""}
+        if answer.tool:
+            opening = {"index": 0, "id": emulated_call_id(answer.prompt), "type": "function"}
+            opening["function"] = {"name": answer.tool, "arguments": ""}
             tail.append(self._chunk({"tool_calls": [opening]}))
-            for fragment in (arguments[:half], arguments[half:]):
+            for fragment in answer.argument_halves():
                 tail.append(self._chunk({"tool_calls": [{"index": 0, "function": {"arguments": fragment}}]}))
-        tail.append(self._chunk({}, self.finish_reason))
+        tail.append(self._chunk({}, _FINISH_REASONS[answer.ending]))
         if self.include_usage:
-            tail.append(_data_frame({**self._base("chat.completion.chunk"), "choices": [], "usage": self.usage}))
+            usage = self._usage(answer)
+            tail.append(_data_frame({**self._base("chat.completion.chunk"), "choices": [], "usage": usage}))
         tail.append(b"data: [DONE]\n\n")
         return head, deltas, tail
+
+    def midstream_error(self) -> bytes:
+        return _data_frame(_chat_error("server_error", "overloaded", "The server is overloaded"))
+
+    def _usage(self, answer: Answer) -> dict[str, int]:
+        prompt_tokens = input_tokens(message.content for message in self.request.messages)
+        completion_tokens = answer.output_tokens
+        total = prompt_tokens + completion_tokens
+        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": total}
 
     def _base(self, kind: str) -> dict[str, Any]:
         return {"id": self.id, "object": kind, "created": self.created, "model": self.request.model}
@@ -148,10 +162,6 @@ class _ChatAnswer:
         return _data_frame(chunk)
 
 
-def _data_frame(data: dict[str, Any]) -> bytes:
-    return b"data: " + encode(data) + b"\n\n"
-
-
 async def chat_completions(emulator: Emulator, request: Request) -> Response:
     emulator.stats.chat_completions += 1
     if emulator.api_key is not None and request.headers.get("authorization") != f"Bearer {emulator.api_key}":
@@ -160,41 +170,8 @@ async def chat_completions(emulator: Emulator, request: Request) -> Response:
     emulator.stats.bodies.append(raw)
     try:
         body = _chat_request_decoder.decode(raw)
-        prompt = _chat_prompt(body.messages)
-        found = directives(prompt)
-    except msgspec.DecodeError as exc:
+        limit = body.max_completion_tokens or body.max_tokens
+        steps = plan(_chat_prompt(body.messages), stream=body.stream, limit=limit, emulator=emulator)
+    except (msgspec.DecodeError, BadDirective) as exc:
         raise ChatError(400, "invalid_request_error", None, str(exc)) from None
-    except APIError as exc:
-        raise ChatError(exc.status, exc.type, None, exc.message) from None
-    fault = found.fault
-    if fault == "error_midstream" and not body.stream:
-        fault = "529"
-    if fault in _CHAT_FAULTS:
-        status, kind, code, message = _CHAT_FAULTS[fault]
-        headers = {"retry-after": str(found.retry_after)} if status == 429 else None
-        raise ChatError(status, kind, code, message, headers)
-
-    n = emulator.deltas if found.deltas is None else found.deltas
-    delay = emulator.delay if found.delay_ms is None else found.delay_ms / 1000
-    limit = body.max_completion_tokens or body.max_tokens
-    deltas = emulated_deltas(prompt, n)[:limit]
-    truncated = len(deltas) < n
-    tool = None if truncated else found.tool
-    answer = _ChatAnswer(body, prompt, deltas, tool, "length" if truncated else "tool_calls" if tool else "stop")
-
-    if not body.stream:
-        if fault == "drop" or fault == "stall":
-            return Stream([], [], [], media_type="application/json", delay=0, end=fault)
-        if found.delay_ms is not None:
-            await asyncio.sleep(delay * len(deltas))
-        return json_response(answer.completion())
-
-    head, delta_frames, tail = answer.frames()
-    match fault:
-        case "error_midstream":
-            error = _data_frame(_chat_error("server_error", "overloaded", "The server is overloaded"))
-            return Stream(head, delta_frames[: found.after], [error], media_type=SSE, delay=delay)
-        case "drop" | "stall":
-            delta_frames = delta_frames[: found.after]
-            return Stream(head, delta_frames, [], media_type=SSE, delay=delay, end=fault)
-    return Stream(head, delta_frames, tail, media_type=SSE, delay=delay)
+    return await respond(steps, _Chat(body))

@@ -1,19 +1,48 @@
-"""Responses of the LLM upstreams: JSON bodies, and SSE streams that can fail half-way."""
+"""The responses of both LLM APIs, the same steps in their own wire formats (`Format`): an HTTP error, a JSON
+body, or an SSE stream that may fail half-way (`respond`)."""
 
 from __future__ import annotations
 
 import asyncio
 import secrets
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 import msgspec
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from .answer import Answer
+from .plan import HTTPFault, Plan
+
 SSE = "text/event-stream"
 _STALL_SECONDS = 3600.0
 
 encode = msgspec.json.Encoder().encode
+
+Frames = tuple[list[bytes], list[bytes], list[bytes]]  # before the text deltas, the deltas, after them
+
+
+class UpstreamError(Exception):
+    """An error response, rendered in the shape of the API whose handler raised it."""
+
+    def __init__(self, status: int, error_type: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.type = error_type
+        self.message = message
+        self.headers = headers or {}
+
+
+class Format(Protocol):
+    """One API's wire format, for the answer to one request."""
+
+    def error(self, fault: HTTPFault, headers: dict[str, str] | None) -> UpstreamError: ...
+
+    def body(self, answer: Answer) -> dict[str, Any]: ...
+
+    def frames(self, answer: Answer) -> Frames: ...
+
+    def midstream_error(self) -> bytes: ...
 
 
 def request_id() -> str:
@@ -22,6 +51,28 @@ def request_id() -> str:
 
 def json_response(data: object) -> Response:
     return Response(encode(data), headers={"request-id": request_id()}, media_type="application/json")
+
+
+async def respond(plan: Plan, wire: Format) -> Response:
+    """Answer as ``plan`` says, in ``wire``'s format."""
+    if (http_fault := plan.http_fault) is not None:
+        raise wire.error(http_fault, {"retry-after": str(plan.retry_after)} if http_fault == "429" else None)
+    answer = plan.answer()
+    fault = plan.fault
+    if not plan.stream:
+        if fault == "drop" or fault == "stall":
+            return Stream([], [], [], media_type="application/json", delay=0, end=fault)
+        if plan.paced:
+            await asyncio.sleep(plan.delay * len(answer.deltas))
+        return json_response(wire.body(answer))
+
+    head, deltas, tail = wire.frames(answer)
+    match fault:
+        case "error_midstream":
+            return Stream(head, deltas[: plan.after], [wire.midstream_error()], media_type=SSE, delay=plan.delay)
+        case "drop" | "stall":
+            return Stream(head, deltas[: plan.after], [], media_type=SSE, delay=plan.delay, end=fault)
+    return Stream(head, deltas, tail, media_type=SSE, delay=plan.delay)
 
 
 class Stream(Response):
