@@ -6,10 +6,9 @@ import asyncio
 
 import pytest
 
-from llm_gateway.errors import InvalidRequest
 from llm_gateway.events import Complete, Error, Event, Start, Text, TokenUsage
 from llm_gateway.sse import aclose
-from llm_gateway.store import EventBatch, Store, TaskEnded, parse_event_id
+from llm_gateway.store import EventBatch, MalformedEventId, Store, TaskEnded, parse_event_id
 from llm_gateway.store.memory import MemoryStore
 
 DONE = Complete("ab", "end_turn", TokenUsage(1, 2), "m")
@@ -171,7 +170,7 @@ async def test_cancel_requests_reach_listeners(store: Store) -> None:
 
 async def test_malformed_event_id_is_rejected(store: Store) -> None:
     await started(store)
-    with pytest.raises(InvalidRequest):
+    with pytest.raises(MalformedEventId):
         await store.read("t1", after="abc")
 
 

@@ -19,9 +19,8 @@ from ..events import TaskError, TaskInfo, TaskResult, TokenUsage
 from ..http import JSONResponse, read_json, require_text
 from ..openapi import doc
 from ..providers import GenerationRequest
-from ..sse import event_stream, frames, pick_dialect, resume_point
+from ..sse import checked_event_id, event_stream, frames, pick_dialect, resume_point
 from ..state import gateway
-from ..store import parse_event_id
 
 TaskId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
 NonEmpty = Annotated[str, Meta(min_length=1)]
@@ -162,7 +161,7 @@ async def replay_ws(websocket: WebSocket) -> None:
     try:
         after = websocket.query_params.get("after") or None
         if after is not None:
-            parse_event_id(after)
+            checked_event_id(after)
         if await gw.store.get_task(task_id) is None:
             raise NotFound(f"no task {task_id} (unknown or expired)")
     except GatewayError as exc:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from .base import EventBatch, Store, TaskEnded, format_event_id, parse_event_id
+from .base import EventBatch, MalformedEventId, Store, TaskEnded, format_event_id, parse_event_id
 
-__all__ = ["EventBatch", "Store", "TaskEnded", "format_event_id", "open_store", "parse_event_id"]
+__all__ = ["EventBatch", "MalformedEventId", "Store", "TaskEnded", "format_event_id", "open_store", "parse_event_id"]
 
 
 def open_store(url: str | None, *, prefix: str = "llmgw:", stream_ttl: int = 3600) -> Store:

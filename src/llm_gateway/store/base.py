@@ -7,7 +7,6 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
 
-from ..errors import InvalidRequest
 from ..events import Event, TaskInfo, Terminal
 
 EventBatch = list[tuple[str, Event]]
@@ -15,14 +14,15 @@ EventBatch = list[tuple[str, Event]]
 _EVENT_ID = re.compile(r"(\d{1,19})(?:-(\d{1,19}))?")
 
 
+class MalformedEventId(ValueError):
+    """Not an event id. Ids come from clients (Last-Event-ID): the HTTP edge turns this into a 400."""
+
+
 def parse_event_id(value: str) -> tuple[int, int]:
-    """``"1700000000000-3"`` (a Redis stream id) or ``"17"`` -> ``(ms, seq)``; InvalidRequest otherwise."""
+    """``"1700000000000-3"`` (a Redis stream id) or ``"17"`` -> ``(ms, seq)``; MalformedEventId otherwise."""
     match = _EVENT_ID.fullmatch(value.strip())
     if match is None:
-        raise InvalidRequest(
-            "malformed event id: expected <ms>-<seq> as sent in the stream's id: field",
-            detail=[{"loc": ["last_event_id"], "msg": "malformed event id", "input": value[:64]}],
-        )
+        raise MalformedEventId(value[:64])
     return int(match[1]), int(match[2] or 0)
 
 
