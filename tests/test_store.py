@@ -9,6 +9,7 @@ import pytest
 from llm_gateway.events import Complete, Error, Event, Start, Text, TokenUsage
 from llm_gateway.sse import aclose
 from llm_gateway.store import EventBatch, MalformedEventId, Store, TaskEnded, parse_event_id
+from llm_gateway.store.base import INTERRUPTED
 from llm_gateway.store.memory import MemoryStore
 
 DONE = Complete("ab", "end_turn", TokenUsage(1, 2), "m")
@@ -71,6 +72,18 @@ async def test_start_refused_once_finished(store: Store) -> None:
     await store.create_task("t1", fingerprint="f", model="m", lease_seconds=5)
     assert await store.finish("t1", Error("cancelled", "before it started"))
     assert await store.start_task("t1", owner="r1", lease_seconds=5, event=Start("t1", "m")) == ""
+
+
+async def test_start_of_an_unknown_task_is_refused(store: Store) -> None:
+    assert await store.start_task("nope", owner="r1", lease_seconds=5, event=Start("nope", "m")) == ""
+    assert await store.get_task("nope") is None
+
+
+async def test_both_backends_end_a_lapsed_task_with_the_same_event(store: Store) -> None:
+    await store.create_task("t1", fingerprint="f", model="m", lease_seconds=0.05)
+    await asyncio.sleep(0.1)
+    assert await store.interrupt_lapsed() == ["t1"]
+    assert [e for _, e in await store.read("t1")] == [INTERRUPTED]
 
 
 async def test_follow_replays_then_goes_live(store: Store) -> None:

@@ -13,13 +13,13 @@ import uuid
 from collections.abc import AsyncIterator
 
 from .errors import Conflict
-from .store import Store
+from .store import Values
 
 log = logging.getLogger(__name__)
 
 
 @contextlib.asynccontextmanager
-async def held(store: Store, key: str, *, ttl: float = 15.0, wait: float = 120.0) -> AsyncIterator[None]:
+async def held(store: Values, key: str, *, ttl: float = 15.0, wait: float = 120.0) -> AsyncIterator[None]:
     """Hold ``key`` (waiting up to ``wait`` seconds for it); Conflict if it stays taken."""
     token = uuid.uuid4().hex.encode()
     delay = 0.01
@@ -46,7 +46,7 @@ async def held(store: Store, key: str, *, ttl: float = 15.0, wait: float = 120.0
             log.warning("could not release lock %s: %s", key, type(exc).__name__)
 
 
-async def _renew(store: Store, key: str, token: bytes, ttl: float) -> None:
+async def _renew(store: Values, key: str, token: bytes, ttl: float) -> None:
     while True:
         await asyncio.sleep(ttl / 3)
         try:

@@ -13,7 +13,7 @@ from starlette.types import Receive, Scope, Send
 from .aio import cancel_and_wait
 from .dialects import DIALECTS, Dialect
 from .errors import InvalidRequest
-from .store import MalformedEventId, Store, parse_event_id
+from .store import EventLog, MalformedEventId, parse_event_id
 
 KEEPALIVE_SECONDS = 15.0
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
@@ -51,7 +51,7 @@ def pick_dialect(request: Request, default: str, task_id: str, thread_id: str = 
 
 
 async def frames(
-    store: Store, task_id: str, after: str | None, dialect: Dialect, *, heartbeat: float = KEEPALIVE_SECONDS
+    store: EventLog, task_id: str, after: str | None, dialect: Dialect, *, heartbeat: float = KEEPALIVE_SECONDS
 ) -> AsyncIterator[bytes]:
     if after is not None and dialect.stateful:
         end = parse_event_id(after)
@@ -124,7 +124,7 @@ def event_stream(body: AsyncIterator[bytes], task_id: str) -> EventStreamRespons
 
 
 def task_stream(
-    request: Request, store: Store, task_id: str, default: str, *, after: str | None, thread_id: str = ""
+    request: Request, store: EventLog, task_id: str, default: str, *, after: str | None, thread_id: str = ""
 ) -> EventStreamResponse:
     """A task's log as SSE, in the dialect the request asks for (``?format=``) or ``default``."""
     dialect = pick_dialect(request, default, task_id, thread_id)

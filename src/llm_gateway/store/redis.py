@@ -9,47 +9,28 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
 import msgspec
 import redis.asyncio as redis
 
-from ..events import (
-    TERMINAL_STATUSES,
-    Complete,
-    Error,
-    Event,
-    TaskInfo,
-    Terminal,
-    encode_event,
-    terminal_outcome,
-)
-from . import redis_scripts as scripts
-from .base import EventBatch, TaskEnded, format_event_id, now_iso, parse_event_id
+from ..events import TERMINAL_STATUSES, Event, TaskInfo, encode_event
+from .base import Ending, EventBatch, EventKey, LogRules, format_event_id, parse_event_id
 from .redis_fanout import COMMAND_TIMEOUT, PAGE, Fanout, decode_entries, text
+from .redis_scripts import Scripts
 
 ACTIVE_TTL = 24 * 3600  # a running task's keys outlive any generation; finished ones get STREAM_TTL_SECONDS
 POOL_SIZE = 32  # connections for commands, per replica; live reads use one more, of their own
 
-_INTERRUPTED = Error("interrupted", "the replica running this task stopped before it finished", retryable=True)
 
-
-class RedisStore:
+class RedisStore(LogRules):
     def __init__(self, client: redis.Redis, url: str, *, prefix: str = "llmgw:", stream_ttl: int = 3600) -> None:
         self._redis = client
         self._prefix = prefix
         self._stream_ttl = stream_ttl
         self._fanout = Fanout(url, f"{prefix}wake:{uuid.uuid4().hex}")
-        self._create = client.register_script(scripts.CREATE)
-        self._start = client.register_script(scripts.START)
-        self._finish = client.register_script(scripts.FINISH)
-        self._renew = client.register_script(scripts.RENEW)
-        self._append = client.register_script(scripts.APPEND)
-        self._request_cancel = client.register_script(scripts.REQUEST_CANCEL)
-        self._refresh_if = client.register_script(scripts.REFRESH_IF)
-        self._delete_if = client.register_script(scripts.DELETE_IF)
-        self._lapsed = client.register_script(scripts.LAPSED)
+        self._lua = Scripts(client)
         self._running_key = f"{prefix}running"
         self._cancel_channel = f"{prefix}cancel"
         self._fanout.start(client)
@@ -81,85 +62,81 @@ class RedisStore:
         async with asyncio.timeout(2):
             await self._redis.ping()
 
-    async def create_task(
-        self, task_id: str, *, fingerprint: str, model: str, lease_seconds: float | None
-    ) -> tuple[TaskInfo, bool]:
-        now = now_iso()
-        keys = [self._task_key(task_id), self._running_key]
-        args: list[str | int] = [task_id, fingerprint, model, now, ACTIVE_TTL, _lease_ms(lease_seconds)]
+    async def _create(self, info: TaskInfo, lease: int) -> TaskInfo | None:
+        keys = [self._task_key(info.task_id), self._running_key]
+        args: list[str | int] = [info.task_id, info.fingerprint, info.model, info.created_at, ACTIVE_TTL, lease]
         async with asyncio.timeout(COMMAND_TIMEOUT):
-            reply = await self._create(keys=keys, args=args)
-        if reply == 1:
-            info = TaskInfo(
-                task_id=task_id, status="queued", created_at=now, updated_at=now, model=model, fingerprint=fingerprint
-            )
-            return info, True
-        return _task_info(dict(zip(reply[::2], reply[1::2], strict=True))), False
+            reply = await self._lua.create(keys=keys, args=args)
+        return None if reply == 1 else _task_info(dict(zip(reply[::2], reply[1::2], strict=True)))
 
     async def get_task(self, task_id: str) -> TaskInfo | None:
         async with asyncio.timeout(COMMAND_TIMEOUT):
             fields = await self._redis.hgetall(self._task_key(task_id))
         return _task_info(fields) if fields else None
 
-    async def start_task(self, task_id: str, *, owner: str, lease_seconds: float | None, event: Event) -> str:
+    async def _start(self, task_id: str, owner: str, lease: int, event: Event, at: str) -> str | None:
         keys = [self._task_key(task_id), self._events_key(task_id), self._running_key]
-        args: list[str | bytes | int] = [
-            task_id,
-            owner,
-            _lease_ms(lease_seconds),
-            now_iso(),
-            encode_event(event),
-            ACTIVE_TTL,
-        ]
+        args: list[str | bytes | int] = [task_id, owner, lease, at, encode_event(event), ACTIVE_TTL]
         async with asyncio.timeout(COMMAND_TIMEOUT):
-            reply = await self._start(keys=keys, args=args)
+            reply = await self._lua.start(keys=keys, args=args)
         if reply is None:
-            return ""
+            return None
         event_id = text(reply)
         self._fanout.local_start(keys[1])
         self._fanout.deliver(keys[1], [(event_id, event)])
         return event_id
 
-    async def append(self, task_id: str, events: Sequence[Event], *, owner: str) -> str:
-        key = self._events_key(task_id)
-        ids = await self._append(keys=[self._task_key(task_id), key], args=[owner, *map(encode_event, events)])
+    async def _append(self, task_id: str, events: Sequence[Event], owner: str) -> list[str] | None:
+        keys = [self._task_key(task_id), self._events_key(task_id)]
+        async with asyncio.timeout(COMMAND_TIMEOUT):
+            ids = await self._lua.append(keys=keys, args=[owner, *map(encode_event, events)])
         if ids is None:
-            raise TaskEnded(task_id)
+            return None
         batch = [(text(event_id), event) for event_id, event in zip(ids, events, strict=True)]
-        self._fanout.deliver(key, batch)
-        return batch[-1][0]
+        if batch:
+            self._fanout.deliver(keys[1], batch)
+        return [event_id for event_id, _ in batch]
 
-    async def finish(self, task_id: str, event: Terminal, *, only_if_lapsed: bool = False) -> bool:
-        status, result, error = terminal_outcome(event)
+    async def _finish(self, task_id: str, end: Ending, *, only_if_lapsed: bool) -> bool:
         keys = [self._task_key(task_id), self._events_key(task_id), self._running_key]
         args = [
-            encode_event(event),
-            status,
-            msgspec.json.encode(result) if result else b"",
-            msgspec.json.encode(error) if error else b"",
-            now_iso(),
+            encode_event(end.event),
+            end.status,
+            msgspec.json.encode(end.result) if end.result else b"",
+            msgspec.json.encode(end.error) if end.error else b"",
+            end.at,
             self._stream_ttl,
             task_id,
             "1" if only_if_lapsed else "",
         ]
         async with asyncio.timeout(COMMAND_TIMEOUT):
-            reply = await self._finish(keys=keys, args=args)
+            reply = await self._lua.finish(keys=keys, args=args)
         if reply is not None:
-            self._fanout.deliver(keys[1], [(text(reply), event)])
+            self._fanout.deliver(keys[1], [(text(reply), end.event)])
         return reply is not None
+
+    async def _lapsed(self) -> list[str]:
+        async with asyncio.timeout(COMMAND_TIMEOUT):
+            return [text(task_id) for task_id in await self._lua.lapsed(keys=[self._running_key])]
+
+    async def _renew(self, task_ids: Sequence[str], lease: int) -> list[str]:
+        keys = [self._running_key, *map(self._task_key, task_ids)]
+        async with asyncio.timeout(COMMAND_TIMEOUT):
+            cancelled = await self._lua.renew(keys=keys, args=[lease, *task_ids])
+        return [text(task_id) for task_id in cancelled]
 
     async def release(self, task_id: str) -> None:
         await self._fanout.local_end(self._events_key(task_id))
 
-    async def read(self, task_id: str, after: str | None = None) -> EventBatch:
-        after = None if after is None else format_event_id(parse_event_id(after))
+    async def _read(self, task_id: str, after: EventKey | None) -> EventBatch:
+        cursor = None if after is None else format_event_id(after)
         batch: EventBatch = []
         while True:
-            page = await self._page(self._events_key(task_id), after)
+            page = await self._page(self._events_key(task_id), cursor)
             batch.extend(page)
             if len(page) < PAGE:
                 return batch
-            after = page[-1][0]
+            cursor = page[-1][0]
 
     async def _page(self, key: str, after: str | None) -> EventBatch:
         start = "-" if after is None else f"({after}"
@@ -167,11 +144,9 @@ class RedisStore:
             entries: Any = await self._redis.xrange(key, start, "+", count=PAGE)
         return decode_entries(entries)
 
-    async def follow(
-        self, task_id: str, after: str | None = None, *, heartbeat: float = 15.0
-    ) -> AsyncIterator[EventBatch]:
+    async def _follow(self, task_id: str, after: EventKey, heartbeat: float) -> AsyncGenerator[EventBatch]:
         key = self._events_key(task_id)
-        last = (0, 0) if after is None else parse_event_id(after)
+        last = after
         sub, needs_wake = self._fanout.subscribe(key, format_event_id(last))
         try:
             if needs_wake:
@@ -212,8 +187,6 @@ class RedisStore:
                 if batch:
                     last = parse_event_id(batch[-1][0])
                     yield batch
-                    if isinstance(batch[-1][1], Complete | Error):
-                        return
         finally:
             self._fanout.unsubscribe(key, sub)
 
@@ -223,22 +196,9 @@ class RedisStore:
             status = await self._redis.hget(self._task_key(task_id), "status")
         return status is None or text(status) in TERMINAL_STATUSES
 
-    async def renew_leases(self, task_ids: Sequence[str], *, owner: str, lease_seconds: float) -> list[str]:
-        if not task_ids:
-            return []
-        keys = [self._running_key, *map(self._task_key, task_ids)]
-        async with asyncio.timeout(COMMAND_TIMEOUT):
-            cancelled = await self._renew(keys=keys, args=[int(lease_seconds * 1000), *task_ids])
-        return [text(task_id) for task_id in cancelled]
-
-    async def interrupt_lapsed(self) -> list[str]:
-        async with asyncio.timeout(COMMAND_TIMEOUT):
-            candidates = [text(task_id) for task_id in await self._lapsed(keys=[self._running_key])]
-        return [task_id for task_id in candidates if await self.finish(task_id, _INTERRUPTED, only_if_lapsed=True)]
-
     async def request_cancel(self, task_id: str) -> None:
         async with asyncio.timeout(COMMAND_TIMEOUT):
-            await self._request_cancel(keys=[self._task_key(task_id), self._cancel_channel], args=[task_id])
+            await self._lua.request_cancel(keys=[self._task_key(task_id), self._cancel_channel], args=[task_id])
 
     async def cancel_requests(self) -> AsyncIterator[str]:
         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
@@ -269,14 +229,14 @@ class RedisStore:
 
     async def refresh_value(self, key: str, value: bytes, *, ttl: float) -> bool:
         async with asyncio.timeout(COMMAND_TIMEOUT):
-            return bool(await self._refresh_if(keys=[self._value_key(key)], args=[value, max(1, int(ttl * 1000))]))
+            return bool(await self._lua.refresh_if(keys=[self._value_key(key)], args=[value, max(1, int(ttl * 1000))]))
 
     async def delete_value(self, key: str, *, if_equals: bytes | None = None) -> None:
         async with asyncio.timeout(COMMAND_TIMEOUT):
             if if_equals is None:
                 await self._redis.delete(self._value_key(key))
             else:
-                await self._delete_if(keys=[self._value_key(key)], args=[if_equals])
+                await self._lua.delete_if(keys=[self._value_key(key)], args=[if_equals])
 
     async def add_member(self, name: str, member: str) -> None:
         async with asyncio.timeout(COMMAND_TIMEOUT):
@@ -294,10 +254,6 @@ class RedisStore:
     async def close(self) -> None:
         await self._fanout.stop()
         await self._redis.aclose()
-
-
-def _lease_ms(lease_seconds: float | None) -> int:
-    return -1 if lease_seconds is None else int(lease_seconds * 1000)  # -1: no lease, never reaped
 
 
 def _task_info(fields: dict[Any, Any]) -> TaskInfo:

@@ -5,6 +5,10 @@ Clocks: leases are judged by the server's ``TIME``, never a replica's, so replic
 
 from __future__ import annotations
 
+import redis.asyncio as redis
+
+# Each keeps the rules of base.py (may_start, may_append, may_finish) in one atomic step.
+
 # A queued task is leased too: if its replica dies before starting it, the reaper still ends it.
 CREATE = """
 if redis.call('HSETNX', KEYS[1], 'task_id', ARGV[1]) == 0 then return redis.call('HGETALL', KEYS[1]) end
@@ -88,3 +92,18 @@ DELETE_IF = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+
+class Scripts:
+    """The scripts, registered on one client (each runs by EVALSHA, loaded again if the server forgot it)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.create = client.register_script(CREATE)
+        self.start = client.register_script(START)
+        self.append = client.register_script(APPEND)
+        self.finish = client.register_script(FINISH)
+        self.renew = client.register_script(RENEW)
+        self.lapsed = client.register_script(LAPSED)
+        self.request_cancel = client.register_script(REQUEST_CANCEL)
+        self.refresh_if = client.register_script(REFRESH_IF)
+        self.delete_if = client.register_script(DELETE_IF)
