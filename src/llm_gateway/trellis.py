@@ -24,6 +24,7 @@ from urllib.parse import quote
 import httpx
 import msgspec
 
+from . import keys
 from .aio import cancel_and_wait
 from .errors import GatewayError
 from .events import Complete, Error, Progress, Start, TokenUsage
@@ -33,12 +34,12 @@ from .store import EventBatch, Store, TaskEnded
 log = logging.getLogger(__name__)
 
 OWNER = "trellis"  # every replica's pollers write as this owner; the poller lease says which one may
-TRACKED = "trellis:tracked"
+TRACKED = keys.TRELLIS_TRACKED
 PROCESSING = {"pending", "staged", "processing"}
 
 
 def log_id(piapi_task_id: str) -> str:
-    return f"trellis:{piapi_task_id}"
+    return keys.trellis_log(piapi_task_id)
 
 
 def to_progress(data: dict[str, Any]) -> Progress:
@@ -195,17 +196,17 @@ class TrellisTracker:
 
     async def _offer(self) -> None:
         for task_id in list(self._watchers):  # sockets come and go while we await
-            await self.store.set_value(f"trellis:watched:{task_id}", b"1", ttl=self.watched_seconds)
+            await self.store.set_value(keys.trellis_watched(task_id), b"1", ttl=self.watched_seconds)
         candidates = (await self.store.members(TRACKED)) | set(self._watchers)
         for task_id in candidates - set(self._pollers):
-            lease = f"trellis:poller:{task_id}"
+            lease = keys.trellis_poller(task_id)
             if await self.store.set_value_if_absent(lease, self.replica_id.encode(), ttl=self.lease_seconds):
                 self._pollers[task_id] = asyncio.create_task(self._poll(task_id), name=f"trellis-poll-{task_id}")
 
     async def _poll(self, task_id: str) -> None:
         """Poll while this replica holds the task's lease, renewed by its own task so that neither a slow PiAPI
         nor a long backoff lets it lapse while we still poll."""
-        lease = f"trellis:poller:{task_id}"
+        lease = keys.trellis_poller(task_id)
         token = self.replica_id.encode()
         renewer = asyncio.create_task(self._keep_lease(lease, token), name=f"trellis-lease-{task_id}")
         delay = self.interval
@@ -260,7 +261,7 @@ class TrellisTracker:
     async def _wanted(self, task_id: str) -> bool:
         if task_id in self._watchers or task_id in await self.store.members(TRACKED):
             return True
-        return await self.store.get_value(f"trellis:watched:{task_id}") is not None
+        return await self.store.get_value(keys.trellis_watched(task_id)) is not None
 
     async def _ensure_log(self, task_id: str, data: dict[str, Any]) -> None:
         model = str(data.get("model") or "trellis")
@@ -279,7 +280,7 @@ class TrellisTracker:
         Serialised per task across replicas: the poller, a webhook (PiAPI may repeat them) and a first lookup
         may all report the same status at once, and it must be written once.
         """
-        async with held(self.store, f"trellis:record:{task_id}", ttl=5.0, wait=15.0):
+        async with held(self.store, keys.trellis_record(task_id), ttl=5.0, wait=15.0):
             return await self._record_held(task_id, update)
 
     async def _record_held(self, task_id: str, update: Progress) -> bool:

@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from .. import keys
 from ..errors import GatewayError, InvalidRequest, NotFound
 from ..events import TaskInfo
 from ..http import decode_json, read_body, require_text, validate
@@ -100,7 +101,7 @@ def cache_key(request: GenerationRequest) -> str:
 
 async def _cached_task(gw: Gateway, request: GenerationRequest, use_cache: bool) -> TaskInfo:
     """The task answering ``request``: a cached or in-flight one (single-flight), else a new one."""
-    key = f"answer:{cache_key(request)}"
+    key = keys.answer(cache_key(request))
     ttl = gw.settings.cache_ttl_seconds
     if not use_cache:
         info, _ = await gw.runner.submit(None, request)

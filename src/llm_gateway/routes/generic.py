@@ -13,6 +13,7 @@ from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from .. import keys
 from ..errors import GatewayError, utc_now_iso
 from ..events import Complete, Error, Text
 from ..http import JSONResponse, decode_json, read_json, require_text, validate
@@ -106,8 +107,8 @@ async def chat(request: Request) -> Response:
     gw = gateway(request)
     body = await read_json(request, ChatRequest, gw.settings.max_body_bytes)
     conversation_id = body.conversation_id or str(uuid.uuid4())
-    key = f"conversation:{conversation_id}"
-    async with held(gw.store, f"{key}:lock", ttl=max(3.0, gw.settings.task_lease_seconds * 3)):
+    key, lock = keys.conversation(conversation_id), keys.conversation_lock(conversation_id)
+    async with held(gw.store, lock, ttl=max(3.0, gw.settings.task_lease_seconds * 3)):
         stored = await gw.store.get_value(key)
         history = msgspec.json.decode(stored, type=Conversation) if stored else Conversation()
         user_turn = {"role": "user", "content": body.message}

@@ -1,8 +1,9 @@
 """The Redis store: task hashes, Redis Streams event logs, a lease zset, and one multiplexed reader per replica.
 
-Layout (prefix ``llmgw:``): ``task:{id}`` hash, ``events:{id}`` stream (field ``e`` = event JSON),
-``running`` zset (task id -> lease deadline in server ms), channel ``cancel`` (task ids), and
-``wake:{replica}``, a tiny stream that only this replica's reader watches (see redis_fanout).
+Layout (prefix ``llmgw:``, keys built by keys.RedisKeys): ``task:{id}`` hash, ``events:{id}`` stream (field
+``e`` = event JSON), ``running`` zset (task id -> lease deadline in server ms), channel ``cancel`` (task ids),
+``wake:{replica}``, a tiny stream that only this replica's reader watches (see redis_fanout), and the app's
+small values under ``kv:``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import msgspec
 import redis.asyncio as redis
 
 from ..events import TERMINAL_STATUSES, Event, TaskInfo, encode_event
+from ..keys import RedisKeys
 from .base import Ending, EventBatch, EventKey, LogRules, format_event_id, parse_event_id
 from .redis_fanout import COMMAND_TIMEOUT, PAGE, Fanout, decode_entries, text
 from .redis_scripts import Scripts
@@ -27,13 +29,15 @@ POOL_SIZE = 32  # connections for commands, per replica; live reads use one more
 class RedisStore(LogRules):
     def __init__(self, client: redis.Redis, url: str, *, prefix: str = "llmgw:", stream_ttl: int = 3600) -> None:
         self._redis = client
-        self._prefix = prefix
         self._stream_ttl = stream_ttl
-        self._fanout = Fanout(url, f"{prefix}wake:{uuid.uuid4().hex}")
+        self._keys = RedisKeys(prefix)
+        self._fanout = Fanout(url, self._keys.wake(uuid.uuid4().hex))
         self._lua = Scripts(client)
-        self._running_key = f"{prefix}running"
-        self._cancel_channel = f"{prefix}cancel"
         self._fanout.start(client)
+
+    @property
+    def _prefix(self) -> str:
+        return self._keys.prefix
 
     @classmethod
     def from_url(
@@ -52,18 +56,12 @@ class RedisStore(LogRules):
         )
         return cls(redis.Redis.from_pool(pool), url, prefix=prefix, stream_ttl=stream_ttl)  # owns (closes) the pool
 
-    def _task_key(self, task_id: str) -> str:
-        return f"{self._prefix}task:{task_id}"
-
-    def _events_key(self, task_id: str) -> str:
-        return f"{self._prefix}events:{task_id}"
-
     async def ping(self) -> None:
         async with asyncio.timeout(2):
             await self._redis.ping()
 
     async def _create(self, info: TaskInfo, lease: int) -> TaskInfo | None:
-        keys = [self._task_key(info.task_id), self._running_key]
+        keys = [self._keys.task(info.task_id), self._keys.running]
         args: list[str | int] = [info.task_id, info.fingerprint, info.model, info.created_at, ACTIVE_TTL, lease]
         async with asyncio.timeout(COMMAND_TIMEOUT):
             reply = await self._lua.create(keys=keys, args=args)
@@ -71,11 +69,11 @@ class RedisStore(LogRules):
 
     async def get_task(self, task_id: str) -> TaskInfo | None:
         async with asyncio.timeout(COMMAND_TIMEOUT):
-            fields = await self._redis.hgetall(self._task_key(task_id))
+            fields = await self._redis.hgetall(self._keys.task(task_id))
         return _task_info(fields) if fields else None
 
     async def _start(self, task_id: str, owner: str, lease: int, event: Event, at: str) -> str | None:
-        keys = [self._task_key(task_id), self._events_key(task_id), self._running_key]
+        keys = [self._keys.task(task_id), self._keys.events(task_id), self._keys.running]
         args: list[str | bytes | int] = [task_id, owner, lease, at, encode_event(event), ACTIVE_TTL]
         async with asyncio.timeout(COMMAND_TIMEOUT):
             reply = await self._lua.start(keys=keys, args=args)
@@ -87,7 +85,7 @@ class RedisStore(LogRules):
         return event_id
 
     async def _append(self, task_id: str, events: Sequence[Event], owner: str) -> list[str] | None:
-        keys = [self._task_key(task_id), self._events_key(task_id)]
+        keys = [self._keys.task(task_id), self._keys.events(task_id)]
         async with asyncio.timeout(COMMAND_TIMEOUT):
             ids = await self._lua.append(keys=keys, args=[owner, *map(encode_event, events)])
         if ids is None:
@@ -98,7 +96,7 @@ class RedisStore(LogRules):
         return [event_id for event_id, _ in batch]
 
     async def _finish(self, task_id: str, end: Ending, *, only_if_lapsed: bool) -> bool:
-        keys = [self._task_key(task_id), self._events_key(task_id), self._running_key]
+        keys = [self._keys.task(task_id), self._keys.events(task_id), self._keys.running]
         args = [
             encode_event(end.event),
             end.status,
@@ -117,22 +115,22 @@ class RedisStore(LogRules):
 
     async def _lapsed(self) -> list[str]:
         async with asyncio.timeout(COMMAND_TIMEOUT):
-            return [text(task_id) for task_id in await self._lua.lapsed(keys=[self._running_key])]
+            return [text(task_id) for task_id in await self._lua.lapsed(keys=[self._keys.running])]
 
     async def _renew(self, task_ids: Sequence[str], lease: int) -> list[str]:
-        keys = [self._running_key, *map(self._task_key, task_ids)]
+        keys = [self._keys.running, *map(self._keys.task, task_ids)]
         async with asyncio.timeout(COMMAND_TIMEOUT):
             cancelled = await self._lua.renew(keys=keys, args=[lease, *task_ids])
         return [text(task_id) for task_id in cancelled]
 
     async def release(self, task_id: str) -> None:
-        await self._fanout.local_end(self._events_key(task_id))
+        await self._fanout.local_end(self._keys.events(task_id))
 
     async def _read(self, task_id: str, after: EventKey | None) -> EventBatch:
         cursor = None if after is None else format_event_id(after)
         batch: EventBatch = []
         while True:
-            page = await self._page(self._events_key(task_id), cursor)
+            page = await self._page(self._keys.events(task_id), cursor)
             batch.extend(page)
             if len(page) < PAGE:
                 return batch
@@ -145,7 +143,7 @@ class RedisStore(LogRules):
         return decode_entries(entries)
 
     async def _follow(self, task_id: str, after: EventKey, heartbeat: float) -> AsyncGenerator[EventBatch]:
-        key = self._events_key(task_id)
+        key = self._keys.events(task_id)
         last = after
         sub, needs_wake = self._fanout.subscribe(key, format_event_id(last))
         try:
@@ -193,17 +191,17 @@ class RedisStore(LogRules):
     async def _ended(self, task_id: str) -> bool:
         """Finished, or gone (expired)."""
         async with asyncio.timeout(COMMAND_TIMEOUT):
-            status = await self._redis.hget(self._task_key(task_id), "status")
+            status = await self._redis.hget(self._keys.task(task_id), "status")
         return status is None or text(status) in TERMINAL_STATUSES
 
     async def request_cancel(self, task_id: str) -> None:
         async with asyncio.timeout(COMMAND_TIMEOUT):
-            await self._lua.request_cancel(keys=[self._task_key(task_id), self._cancel_channel], args=[task_id])
+            await self._lua.request_cancel(keys=[self._keys.task(task_id), self._keys.cancel], args=[task_id])
 
     async def cancel_requests(self) -> AsyncIterator[str]:
         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
         try:
-            await pubsub.subscribe(self._cancel_channel)
+            await pubsub.subscribe(self._keys.cancel)
             while True:
                 message = await pubsub.get_message(timeout=5.0)
                 if message is not None and message["type"] == "message":
@@ -211,44 +209,41 @@ class RedisStore(LogRules):
         finally:
             await pubsub.aclose()  # type: ignore[no-untyped-call]
 
-    def _value_key(self, key: str) -> str:
-        return f"{self._prefix}kv:{key}"
-
     async def get_value(self, key: str) -> bytes | None:
         async with asyncio.timeout(COMMAND_TIMEOUT):
-            value = await self._redis.get(self._value_key(key))
+            value = await self._redis.get(self._keys.value(key))
         return None if value is None else value if isinstance(value, bytes) else value.encode()
 
     async def set_value(self, key: str, value: bytes, *, ttl: float) -> None:
         async with asyncio.timeout(COMMAND_TIMEOUT):
-            await self._redis.set(self._value_key(key), value, px=max(1, int(ttl * 1000)))
+            await self._redis.set(self._keys.value(key), value, px=max(1, int(ttl * 1000)))
 
     async def set_value_if_absent(self, key: str, value: bytes, *, ttl: float) -> bool:
         async with asyncio.timeout(COMMAND_TIMEOUT):
-            return bool(await self._redis.set(self._value_key(key), value, px=max(1, int(ttl * 1000)), nx=True))
+            return bool(await self._redis.set(self._keys.value(key), value, px=max(1, int(ttl * 1000)), nx=True))
 
     async def refresh_value(self, key: str, value: bytes, *, ttl: float) -> bool:
         async with asyncio.timeout(COMMAND_TIMEOUT):
-            return bool(await self._lua.refresh_if(keys=[self._value_key(key)], args=[value, max(1, int(ttl * 1000))]))
+            return bool(await self._lua.refresh_if(keys=[self._keys.value(key)], args=[value, max(1, int(ttl * 1000))]))
 
     async def delete_value(self, key: str, *, if_equals: bytes | None = None) -> None:
         async with asyncio.timeout(COMMAND_TIMEOUT):
             if if_equals is None:
-                await self._redis.delete(self._value_key(key))
+                await self._redis.delete(self._keys.value(key))
             else:
-                await self._lua.delete_if(keys=[self._value_key(key)], args=[if_equals])
+                await self._lua.delete_if(keys=[self._keys.value(key)], args=[if_equals])
 
     async def add_member(self, name: str, member: str) -> None:
         async with asyncio.timeout(COMMAND_TIMEOUT):
-            await self._redis.sadd(self._value_key(name), member)
+            await self._redis.sadd(self._keys.value(name), member)
 
     async def remove_member(self, name: str, member: str) -> None:
         async with asyncio.timeout(COMMAND_TIMEOUT):
-            await self._redis.srem(self._value_key(name), member)
+            await self._redis.srem(self._keys.value(name), member)
 
     async def members(self, name: str) -> set[str]:
         async with asyncio.timeout(COMMAND_TIMEOUT):
-            found: Any = await self._redis.smembers(self._value_key(name))
+            found: Any = await self._redis.smembers(self._keys.value(name))
         return {text(member) for member in found}
 
     async def close(self) -> None:
