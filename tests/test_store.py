@@ -219,6 +219,8 @@ async def test_redis_follow_across_replicas_and_after_the_writer_stops(redis_url
 
     a = RedisStore.from_url(redis_url, prefix="xrep:")
     b = RedisStore.from_url(redis_url, prefix="xrep:")
+    await a.connect()
+    await b.connect()
     try:
         await started(a)
         on_a, on_b = asyncio.create_task(collect(a, "t1")), asyncio.create_task(collect(b, "t1"))
@@ -247,6 +249,7 @@ async def test_redis_follower_drops_an_event_delivered_twice(redis_url: str) -> 
     from llm_gateway.store.redis import RedisStore
 
     store = RedisStore.from_url(redis_url, prefix="dup:")
+    await store.connect()
     try:
         await started(store)
         follower = asyncio.create_task(collect(store, "t1"))
@@ -298,6 +301,8 @@ async def test_redis_a_follower_far_ahead_does_not_starve_the_others(redis_url: 
 
     writer = RedisStore.from_url(redis_url, prefix="ahead:")
     reader = RedisStore.from_url(redis_url, prefix="ahead:")
+    await writer.connect()
+    await reader.connect()
     try:
         await started(writer)
         ahead = reader.follow("t1", after="99999999999999-0", heartbeat=0.2)
@@ -329,6 +334,8 @@ async def test_redis_live_reads_share_one_connection(redis_url: str) -> None:
 
     writer = RedisStore.from_url(redis_url, prefix="conns:")
     reader = RedisStore.from_url(redis_url, prefix="conns:", max_connections=4)
+    await writer.connect()
+    await reader.connect()
     admin = aioredis.Redis.from_url(redis_url)
     try:
         before = len(await admin.client_list())
@@ -358,6 +365,8 @@ async def test_redis_a_follower_ahead_of_a_lagging_reader_still_gets_the_end(red
 
     writer = RedisStore.from_url(redis_url, prefix="lag:")
     reader = RedisStore.from_url(redis_url, prefix="lag:")
+    await writer.connect()
+    await reader.connect()
     try:
         await started(writer)
         await reader._fanout.stop()  # a reader that lags behind for good

@@ -21,6 +21,7 @@ __all__ = [
 
 
 def open_store(url: str | None, *, prefix: str = "llmgw:", stream_ttl: int = 3600) -> Store:
+    """The store for ``url``, not yet connected: ``connect()`` starts it, ``close()`` ends it."""
     if not url:
         from .memory import MemoryStore
 

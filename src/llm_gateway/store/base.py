@@ -104,6 +104,9 @@ def ending(event: Terminal) -> Ending:
 class EventLog(Protocol):
     """Tasks, their event logs, leases and cancellation requests, shared by every replica on the store."""
 
+    async def connect(self) -> None:
+        """Start what the store runs in the background (a live reader); ``close`` stops it, connected or not."""
+
     async def ping(self) -> None: ...
 
     async def create_task(

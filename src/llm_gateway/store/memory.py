@@ -70,6 +70,9 @@ class MemoryStore(LogRules):
         self._purge_expired()
         return self._logs.get(task_id)
 
+    async def connect(self) -> None:
+        return None
+
     async def ping(self) -> None:
         return None
 

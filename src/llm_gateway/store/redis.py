@@ -33,7 +33,6 @@ class RedisStore(LogRules):
         self._keys = RedisKeys(prefix)
         self._fanout = Fanout(url, self._keys.wake(uuid.uuid4().hex))
         self._lua = Scripts(client)
-        self._fanout.start(client)
 
     @property
     def _prefix(self) -> str:
@@ -55,6 +54,10 @@ class RedisStore(LogRules):
             health_check_interval=0,
         )
         return cls(redis.Redis.from_pool(pool), url, prefix=prefix, stream_ttl=stream_ttl)  # owns (closes) the pool
+
+    async def connect(self) -> None:
+        """Start the live reader. Redis need not be up: the reader retries, and commands fail until it is."""
+        self._fanout.start(self._redis)
 
     async def ping(self) -> None:
         async with asyncio.timeout(2):

@@ -77,6 +77,8 @@ class Fanout:
         self._waker: redis.Redis | None = None
 
     def start(self, waker: redis.Redis) -> None:
+        if self._task is not None:
+            return
         self._waker = waker
         self._task = asyncio.create_task(self._run(), name="redis-fanout")
 
