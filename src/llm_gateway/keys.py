@@ -12,54 +12,35 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+
+@dataclass(frozen=True)
+class Namespace:
+    """Builds the keys ``prefix + id``."""
+
+    prefix: str
+
+    def __call__(self, id_: str) -> str:
+        return self.prefix + id_
+
+
 # --- task ids (the event log's) -------------------------------------------------------------------------------
 # Claude task ids are the client's choice (``TaskId``): one could be "trellis:<id>", the log of a Trellis task.
 # Left as it is: both ids are part of the API (task ids, the X-Task-Id of a Trellis stream).
 
-TRELLIS_LOG = "trellis:"
-
-
-def trellis_log(piapi_task_id: str) -> str:
-    return TRELLIS_LOG + piapi_task_id
-
+trellis_log = Namespace("trellis:")
 
 # --- the app's small values -----------------------------------------------------------------------------------
 
-CONVERSATION = "conversation:"  # a conversation's history
-CONVERSATION_LOCK = "lock:conversation:"  # held while one turn of it runs
-ANSWER = "answer:"  # the task answering a question, by the question's digest
-TRELLIS_WATCHED = "trellis:watched:"  # a socket somewhere watched the Trellis task lately
-TRELLIS_POLLER = "trellis:poller:"  # the replica that polls the Trellis task
-TRELLIS_RECORD = "trellis:record:"  # held while a Trellis status is recorded
+conversation = Namespace("conversation:")  # a conversation's history
+conversation_lock = Namespace("lock:conversation:")  # held while one turn of it runs
+answer = Namespace("answer:")  # the task answering a question, by the question's digest
+trellis_watched = Namespace("trellis:watched:")  # a socket somewhere watched the Trellis task lately
+trellis_poller = Namespace("trellis:poller:")  # the replica that polls the Trellis task
+trellis_record = Namespace("trellis:record:")  # held while a Trellis status is recorded
 TRELLIS_TRACKED = "trellis:tracked"  # the set of Trellis tasks the cluster tracks
 
-VALUE_NAMESPACES = (CONVERSATION, CONVERSATION_LOCK, ANSWER, TRELLIS_WATCHED, TRELLIS_POLLER, TRELLIS_RECORD)
+VALUE_NAMESPACES = (conversation, conversation_lock, answer, trellis_watched, trellis_poller, trellis_record)
 VALUE_CONSTANTS = (TRELLIS_TRACKED,)
-
-
-def conversation(conversation_id: str) -> str:
-    return CONVERSATION + conversation_id
-
-
-def conversation_lock(conversation_id: str) -> str:
-    return CONVERSATION_LOCK + conversation_id
-
-
-def answer(digest: str) -> str:
-    return ANSWER + digest
-
-
-def trellis_watched(task_id: str) -> str:
-    return TRELLIS_WATCHED + task_id
-
-
-def trellis_poller(task_id: str) -> str:
-    return TRELLIS_POLLER + task_id
-
-
-def trellis_record(task_id: str) -> str:
-    return TRELLIS_RECORD + task_id
-
 
 # --- the Redis store's layout, under its prefix -------------------------------------------------------------
 
@@ -74,26 +55,12 @@ REDIS_NAMESPACES = (TASK, EVENTS, WAKE, VALUE)
 REDIS_CONSTANTS = (RUNNING,)
 
 
-@dataclass(frozen=True)
 class RedisKeys:
-    prefix: str
-
-    def task(self, task_id: str) -> str:
-        return self.prefix + TASK + task_id
-
-    def events(self, task_id: str) -> str:
-        return self.prefix + EVENTS + task_id
-
-    def wake(self, replica: str) -> str:
-        return self.prefix + WAKE + replica
-
-    def value(self, key: str) -> str:
-        return self.prefix + VALUE + key
-
-    @property
-    def running(self) -> str:
-        return self.prefix + RUNNING
-
-    @property
-    def cancel(self) -> str:
-        return self.prefix + CANCEL
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.task = Namespace(prefix + TASK)
+        self.events = Namespace(prefix + EVENTS)
+        self.wake = Namespace(prefix + WAKE)
+        self.value = Namespace(prefix + VALUE)
+        self.running = prefix + RUNNING
+        self.cancel = prefix + CANCEL
