@@ -12,6 +12,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 
+from .aio import cancel_and_wait
 from .errors import Conflict
 from .store import Values
 
@@ -36,9 +37,7 @@ async def held(store: Values, key: str, *, ttl: float = 15.0, wait: float = 120.
     try:
         yield
     finally:
-        renewer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await renewer
+        await cancel_and_wait(renewer)
         try:
             async with asyncio.timeout(5):
                 await store.delete_value(key, if_equals=token)

@@ -204,7 +204,8 @@ class RedisStore(LogRules):
     async def cancel_requests(self) -> AsyncIterator[str]:
         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
         try:
-            await pubsub.subscribe(self._keys.cancel)
+            async with asyncio.timeout(COMMAND_TIMEOUT):
+                await pubsub.subscribe(self._keys.cancel)
             while True:
                 message = await pubsub.get_message(timeout=5.0)
                 if message is not None and message["type"] == "message":
