@@ -84,6 +84,7 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
     url = request.getfixturevalue("redis_url")
     opened = RedisStore.from_url(url, prefix=f"test:{uuid.uuid4().hex[:8]}:", stream_ttl=60)
     try:
+        await opened.connect()
         yield opened
     finally:
         await opened.close()

@@ -159,3 +159,36 @@ async def test_a_binary_websocket_frame_is_read_as_text(gateway: str) -> None:
         assert json.loads(await websocket.recv())["type"] == "invalid_request", "an error message; the socket stays"
         await websocket.send(json.dumps({"prompt": "still [emu:deltas=1]"}))
         assert json.loads(await websocket.recv())["event"] == "complete"
+
+
+async def test_a_conversation_named_like_another_s_lock_is_a_conversation_of_its_own(
+    gateway: str, emulator: Emulator
+) -> None:
+    # Conversation "v:lock" once shared its key with conversation v's lock: its turn read v's lock token as
+    # history (500), and its history, kept for a day, locked v out.
+    async with httpx.AsyncClient(base_url=gateway, timeout=10) as client:
+
+        async def turn(conversation_id: str, message: str) -> httpx.Response:
+            return await client.post("/api/chat", json={"message": message, "conversation_id": conversation_id})
+
+        first_of_lock = await turn("v:lock", "first of v:lock [emu:deltas=2]")
+        first_of_v = await turn("v", "first of v [emu:deltas=2]")
+        slow_v = asyncio.create_task(turn("v", "slow turn of v [emu:deltas=20] [emu:delay_ms=25]"))
+        await asyncio.sleep(0.2)  # v's turn holds its lock now
+        second_of_lock = await turn("v:lock", "second of v:lock [emu:deltas=2]")
+        second_of_v = await slow_v
+    for answer in (first_of_lock, first_of_v, second_of_lock, second_of_v):
+        assert answer.status_code == 200, answer.text
+    sent = {
+        messages[-1]["content"]: messages for messages in (json.loads(b)["messages"] for b in emulator.stats.bodies)
+    }
+    assert [m["content"] for m in sent["second of v:lock [emu:deltas=2]"]] == [
+        "first of v:lock [emu:deltas=2]",
+        first_of_lock.json()["response"],
+        "second of v:lock [emu:deltas=2]",
+    ]
+    assert [m["content"] for m in sent["slow turn of v [emu:deltas=20] [emu:delay_ms=25]"]] == [
+        "first of v [emu:deltas=2]",
+        first_of_v.json()["response"],
+        "slow turn of v [emu:deltas=20] [emu:delay_ms=25]",
+    ]

@@ -6,11 +6,14 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
+from starlette.requests import Request
 from starlette.types import Message
 
 from llm_gateway.dialects import NativeDialect
+from llm_gateway.errors import InvalidRequest
 from llm_gateway.events import Start, Text
-from llm_gateway.sse import EventStreamResponse, aclose, frames
+from llm_gateway.sse import EventStreamResponse, aclose, frames, resume_point
 from llm_gateway.store.memory import MemoryStore
 
 SCOPE: dict[str, Any] = {"type": "http", "method": "GET", "path": "/", "headers": []}
@@ -60,3 +63,20 @@ async def test_keepalive_comments_while_the_log_is_idle() -> None:
     assert got[1].startswith(b"event: start\nid: ")
     assert got[2:4] == [b": keep-alive\n\n"] * 2
     assert got[4].startswith(b"event: chunk\nid: ") and got[4].endswith(b'data: {"chunk":"a\\nb"}\n\n')
+
+
+@pytest.mark.parametrize(
+    ("headers", "query"), [([(b"last-event-id", b"yesterday")], b""), ([], b"last_event_id=yesterday")]
+)
+def test_a_malformed_resume_point_is_a_400_naming_the_field(headers: list[tuple[bytes, bytes]], query: bytes) -> None:
+    request = Request({**SCOPE, "headers": headers, "query_string": query})
+    with pytest.raises(InvalidRequest) as refused:
+        resume_point(request)
+    assert refused.value.status == 400 and refused.value.type == "invalid_request"
+    assert refused.value.message == "malformed event id: expected <ms>-<seq> as sent in the stream's id: field"
+    assert refused.value.detail == [{"loc": ["last_event_id"], "msg": "malformed event id", "input": "yesterday"}]
+
+
+def test_a_resume_point_is_stripped() -> None:
+    request = Request({**SCOPE, "headers": [(b"last-event-id", b" 17-2 ")], "query_string": b""})
+    assert resume_point(request) == "17-2"

@@ -6,10 +6,10 @@ import asyncio
 
 import pytest
 
-from llm_gateway.errors import InvalidRequest
 from llm_gateway.events import Complete, Error, Event, Start, Text, TokenUsage
 from llm_gateway.sse import aclose
-from llm_gateway.store import EventBatch, Store, TaskEnded, parse_event_id
+from llm_gateway.store import EventBatch, MalformedEventId, Store, TaskEnded, parse_event_id
+from llm_gateway.store.base import INTERRUPTED
 from llm_gateway.store.memory import MemoryStore
 
 DONE = Complete("ab", "end_turn", TokenUsage(1, 2), "m")
@@ -72,6 +72,18 @@ async def test_start_refused_once_finished(store: Store) -> None:
     await store.create_task("t1", fingerprint="f", model="m", lease_seconds=5)
     assert await store.finish("t1", Error("cancelled", "before it started"))
     assert await store.start_task("t1", owner="r1", lease_seconds=5, event=Start("t1", "m")) == ""
+
+
+async def test_start_of_an_unknown_task_is_refused(store: Store) -> None:
+    assert await store.start_task("nope", owner="r1", lease_seconds=5, event=Start("nope", "m")) == ""
+    assert await store.get_task("nope") is None
+
+
+async def test_both_backends_end_a_lapsed_task_with_the_same_event(store: Store) -> None:
+    await store.create_task("t1", fingerprint="f", model="m", lease_seconds=0.05)
+    await asyncio.sleep(0.1)
+    assert await store.interrupt_lapsed() == ["t1"]
+    assert [e for _, e in await store.read("t1")] == [INTERRUPTED]
 
 
 async def test_follow_replays_then_goes_live(store: Store) -> None:
@@ -171,7 +183,7 @@ async def test_cancel_requests_reach_listeners(store: Store) -> None:
 
 async def test_malformed_event_id_is_rejected(store: Store) -> None:
     await started(store)
-    with pytest.raises(InvalidRequest):
+    with pytest.raises(MalformedEventId):
         await store.read("t1", after="abc")
 
 
@@ -207,6 +219,8 @@ async def test_redis_follow_across_replicas_and_after_the_writer_stops(redis_url
 
     a = RedisStore.from_url(redis_url, prefix="xrep:")
     b = RedisStore.from_url(redis_url, prefix="xrep:")
+    await a.connect()
+    await b.connect()
     try:
         await started(a)
         on_a, on_b = asyncio.create_task(collect(a, "t1")), asyncio.create_task(collect(b, "t1"))
@@ -235,6 +249,7 @@ async def test_redis_follower_drops_an_event_delivered_twice(redis_url: str) -> 
     from llm_gateway.store.redis import RedisStore
 
     store = RedisStore.from_url(redis_url, prefix="dup:")
+    await store.connect()
     try:
         await started(store)
         follower = asyncio.create_task(collect(store, "t1"))
@@ -286,6 +301,8 @@ async def test_redis_a_follower_far_ahead_does_not_starve_the_others(redis_url: 
 
     writer = RedisStore.from_url(redis_url, prefix="ahead:")
     reader = RedisStore.from_url(redis_url, prefix="ahead:")
+    await writer.connect()
+    await reader.connect()
     try:
         await started(writer)
         ahead = reader.follow("t1", after="99999999999999-0", heartbeat=0.2)
@@ -317,6 +334,8 @@ async def test_redis_live_reads_share_one_connection(redis_url: str) -> None:
 
     writer = RedisStore.from_url(redis_url, prefix="conns:")
     reader = RedisStore.from_url(redis_url, prefix="conns:", max_connections=4)
+    await writer.connect()
+    await reader.connect()
     admin = aioredis.Redis.from_url(redis_url)
     try:
         before = len(await admin.client_list())
@@ -346,6 +365,8 @@ async def test_redis_a_follower_ahead_of_a_lagging_reader_still_gets_the_end(red
 
     writer = RedisStore.from_url(redis_url, prefix="lag:")
     reader = RedisStore.from_url(redis_url, prefix="lag:")
+    await writer.connect()
+    await reader.connect()
     try:
         await started(writer)
         await reader._fanout.stop()  # a reader that lags behind for good

@@ -22,6 +22,7 @@ async def runner(redis_url: str, emulator: Emulator) -> AsyncIterator[TaskRunner
     prefix = f"run:{uuid.uuid4().hex[:8]}:"
     providers = Providers.from_settings(gateway_settings(emulator.url))
     store = RedisStore.from_url(redis_url, prefix=prefix)
+    await store.connect()
     task_runner = TaskRunner(store, providers.resolve, lease_seconds=1.0, grace_seconds=0.5)
     await task_runner.start()
     try:

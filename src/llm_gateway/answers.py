@@ -13,6 +13,7 @@ import re
 
 import msgspec
 
+from . import keys
 from .content import Message
 from .errors import GatewayError
 from .events import TaskInfo
@@ -43,7 +44,7 @@ class AnswerCache:
 
     async def task_for(self, request: GenerationRequest, *, use_cache: bool = True) -> TaskInfo:
         """The task answering ``request``: a cached or in-flight one (single-flight), else a new one."""
-        key = f"answer:{cache_key(request)}"
+        key = keys.answer(cache_key(request))
         if not use_cache:
             info, _ = await self.runner.submit(None, request)
             await self.store.set_value(key, info.task_id.encode(), ttl=self.ttl)

@@ -115,53 +115,62 @@ async def internal_error(request: Request, exc: Exception) -> Response:
     return error_response(GatewayError("internal", "internal server error"))
 
 
+async def open_gateway(
+    settings: Settings, stack: contextlib.AsyncExitStack, *, store: Store | None, providers: Providers | None
+) -> Gateway:
+    """Open the gateway's resources, each one's close pushed on ``stack`` before it starts: whatever fails,
+    the stack closes exactly what was opened, in reverse order. A given store or providers are the caller's."""
+    if store is None:
+        store = open_store(settings.redis_url, prefix=settings.redis_key_prefix, stream_ttl=settings.stream_ttl_seconds)
+        stack.push_async_callback(store.close)
+        await store.connect()
+    if providers is None:
+        providers = Providers.from_settings(settings)
+        stack.push_async_callback(providers.close)
+    runner = TaskRunner(
+        store,
+        providers.resolve,
+        max_concurrent=settings.max_concurrent_tasks,
+        lease_seconds=settings.task_lease_seconds,
+        grace_seconds=settings.shutdown_grace_seconds,
+    )
+    stack.push_async_callback(runner.shutdown)
+    await runner.start()
+    piapi = PiAPIClient(settings.trellis_base_url, settings.trellis_api_key, timeout=settings.trellis_timeout)
+    stack.push_async_callback(piapi.close)
+    trellis = TrellisTracker(
+        store,
+        piapi,
+        interval=settings.trellis_poll_interval,
+        max_wait=settings.trellis_max_wait,
+        replica_id=runner.replica_id,
+    )
+    stack.push_async_callback(trellis.stop)
+    await trellis.start()
+    answers = AnswerCache(store, runner, ttl=settings.cache_ttl_seconds)
+    conversations = Conversations(
+        store,
+        runner,
+        ttl=settings.conversation_ttl_seconds,
+        default_model=settings.claude_model,
+        lock_ttl=max(3.0, settings.task_lease_seconds * 3),
+        max_messages=settings.conversation_max_messages,
+    )
+    return Gateway(settings, store, providers, runner, trellis, answers, conversations)
+
+
 def create_app(
     settings: Settings | None = None, *, store: Store | None = None, providers: Providers | None = None
 ) -> Starlette:
+    """The app; its lifespan opens (and then closes) the store and providers unless they are given."""
     settings = settings or from_env()
     redact_client_keys_in_logs()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        opened_store = store or open_store(
-            settings.redis_url, prefix=settings.redis_key_prefix, stream_ttl=settings.stream_ttl_seconds
-        )
-        opened_providers = providers or Providers.from_settings(settings)
-        runner = TaskRunner(
-            opened_store,
-            opened_providers.resolve,
-            max_concurrent=settings.max_concurrent_tasks,
-            lease_seconds=settings.task_lease_seconds,
-            grace_seconds=settings.shutdown_grace_seconds,
-        )
-        await runner.start()
-        piapi = PiAPIClient(settings.trellis_base_url, settings.trellis_api_key, timeout=settings.trellis_timeout)
-        trellis = TrellisTracker(
-            opened_store,
-            piapi,
-            interval=settings.trellis_poll_interval,
-            max_wait=settings.trellis_max_wait,
-            replica_id=runner.replica_id,
-        )
-        await trellis.start()
-        answers = AnswerCache(opened_store, runner, ttl=settings.cache_ttl_seconds)
-        conversations = Conversations(
-            opened_store,
-            runner,
-            ttl=settings.conversation_ttl_seconds,
-            default_model=settings.claude_model,
-            lock_ttl=max(3.0, settings.task_lease_seconds * 3),
-            max_messages=settings.conversation_max_messages,
-        )
-        app.state.gateway = Gateway(settings, opened_store, opened_providers, runner, trellis, answers, conversations)
-        try:
+        async with contextlib.AsyncExitStack() as stack:
+            app.state.gateway = await open_gateway(settings, stack, store=store, providers=providers)
             yield
-        finally:
-            await trellis.stop()
-            await piapi.close()
-            await runner.shutdown()
-            await opened_providers.close()
-            await opened_store.close()
 
     middleware = [
         Middleware(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import msgspec
 
+from . import keys
 from .bodies import ChatRequest, from_text
 from .content import Message, assistant, user
 from .events import Complete
@@ -41,8 +42,8 @@ class Conversations:
 
     async def turn(self, conversation_id: str, body: ChatRequest) -> tuple[str, Complete]:
         """Answer ``body.message`` after the conversation's history; return the task id and its answer."""
-        key = f"conversation:{conversation_id}"
-        async with held(self.store, f"{key}:lock", ttl=self.lock_ttl):
+        key = keys.conversation(conversation_id)
+        async with held(self.store, keys.conversation_lock(conversation_id), ttl=self.lock_ttl):
             stored = await self.store.get_value(key)
             history = msgspec.json.decode(stored, type=History) if stored else History()
             request = from_text(body, self.default_model, history.messages)

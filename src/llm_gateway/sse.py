@@ -13,7 +13,7 @@ from starlette.types import Receive, Scope, Send
 from .aio import cancel_and_wait
 from .dialects import DIALECTS, Dialect
 from .errors import InvalidRequest
-from .store import Store, parse_event_id
+from .store import EventLog, MalformedEventId, parse_event_id
 
 KEEPALIVE_SECONDS = 15.0
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
@@ -24,7 +24,18 @@ def resume_point(request: Request) -> str | None:
     value = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
     if not value:
         return None
-    parse_event_id(value)
+    return checked_event_id(value)
+
+
+def checked_event_id(value: str) -> str:
+    """A client's event id, stripped; InvalidRequest (400) if it is not one."""
+    try:
+        parse_event_id(value)
+    except MalformedEventId:
+        raise InvalidRequest(
+            "malformed event id: expected <ms>-<seq> as sent in the stream's id: field",
+            detail=[{"loc": ["last_event_id"], "msg": "malformed event id", "input": value[:64]}],
+        ) from None
     return value.strip()
 
 
@@ -40,7 +51,7 @@ def pick_dialect(request: Request, default: str, task_id: str, thread_id: str = 
 
 
 async def frames(
-    store: Store, task_id: str, after: str | None, dialect: Dialect, *, heartbeat: float = KEEPALIVE_SECONDS
+    store: EventLog, task_id: str, after: str | None, dialect: Dialect, *, heartbeat: float = KEEPALIVE_SECONDS
 ) -> AsyncIterator[bytes]:
     if after is not None and dialect.stateful:
         end = parse_event_id(after)
@@ -113,7 +124,7 @@ def event_stream(body: AsyncIterator[bytes], task_id: str) -> EventStreamRespons
 
 
 def task_stream(
-    request: Request, store: Store, task_id: str, default: str, *, after: str | None, thread_id: str = ""
+    request: Request, store: EventLog, task_id: str, default: str, *, after: str | None, thread_id: str = ""
 ) -> EventStreamResponse:
     """A task's log as SSE, in the dialect the request asks for (``?format=``) or ``default``."""
     dialect = pick_dialect(request, default, task_id, thread_id)

@@ -19,7 +19,7 @@ from .aio import cancel_and_wait
 from .errors import CancelReason, Conflict, GatewayError, NotFound
 from .events import Complete, Error, Event, Start, TaskInfo, Terminal, Text
 from .providers import GenerationRequest, Provider
-from .store import Store, TaskEnded
+from .store import EventLog, TaskEnded
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class LogWriter:
     failed append nothing more is written (the log would have a gap) and ``write`` raises at once.
     """
 
-    def __init__(self, store: Store, task_id: str, owner: str, *, limit: int = 1024) -> None:
+    def __init__(self, store: EventLog, task_id: str, owner: str, *, limit: int = 1024) -> None:
         self.store = store
         self.task_id = task_id
         self.owner = owner
@@ -87,7 +87,7 @@ class LogWriter:
 class TaskRunner:
     def __init__(
         self,
-        store: Store,
+        store: EventLog,
         resolve: ProviderResolver,
         *,
         max_concurrent: int = 256,

@@ -11,9 +11,8 @@ from ..bodies import MessagesRequest, QuestionRequest, RunAgentInput, from_clien
 from ..errors import InvalidRequest, NotFound
 from ..http import decode_json, read_body, validate
 from ..openapi import doc
-from ..sse import resume_point, task_stream
+from ..sse import checked_event_id, resume_point, task_stream
 from ..state import Gateway, gateway
-from ..store import parse_event_id
 
 
 @doc(
@@ -73,7 +72,7 @@ async def join_run(request: Request) -> Response:
     offset = request.query_params.get("offset")
     after = resume_point(request) or (offset if offset not in (None, "", "-1") else None)
     if after is not None:
-        parse_event_id(after)  # a bad offset is a 400 now, not a broken stream later
+        checked_event_id(after)  # a bad offset is a 400 now, not a broken stream later
     thread_id = request.query_params.get("threadId", "")
     return task_stream(request, gw.store, info.task_id, "agui", after=after, thread_id=thread_id)
 

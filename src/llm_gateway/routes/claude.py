@@ -17,9 +17,8 @@ from ..errors import GatewayError, NotFound
 from ..events import TaskError, TaskInfo, TaskResult, TokenUsage
 from ..http import JSONResponse, read_json
 from ..openapi import doc
-from ..sse import event_stream, frames, pick_dialect, resume_point
+from ..sse import checked_event_id, event_stream, frames, pick_dialect, resume_point
 from ..state import gateway
-from ..store import parse_event_id
 
 
 class PromptResponse(msgspec.Struct):
@@ -119,7 +118,7 @@ async def replay_ws(websocket: WebSocket) -> None:
     try:
         after = websocket.query_params.get("after") or None
         if after is not None:
-            parse_event_id(after)
+            checked_event_id(after)
         if await gw.store.get_task(task_id) is None:
             raise NotFound(f"no task {task_id} (unknown or expired)")
     except GatewayError as exc:

@@ -1,13 +1,27 @@
-"""Stores, picked by URL: embedded in-memory (no URL) or Redis Streams (``redis://``)."""
+"""Stores, picked by URL: embedded in-memory (no URL) or Redis Streams (``redis://``).
+
+Each implements both halves of the seam: the event log (``EventLog``) and small values (``Values``).
+"""
 
 from __future__ import annotations
 
-from .base import EventBatch, Store, TaskEnded, format_event_id, parse_event_id
+from .base import EventBatch, EventLog, MalformedEventId, Store, TaskEnded, Values, format_event_id, parse_event_id
 
-__all__ = ["EventBatch", "Store", "TaskEnded", "format_event_id", "open_store", "parse_event_id"]
+__all__ = [
+    "EventBatch",
+    "EventLog",
+    "MalformedEventId",
+    "Store",
+    "TaskEnded",
+    "Values",
+    "format_event_id",
+    "open_store",
+    "parse_event_id",
+]
 
 
 def open_store(url: str | None, *, prefix: str = "llmgw:", stream_ttl: int = 3600) -> Store:
+    """The store for ``url``, not yet connected: ``connect()`` starts it, ``close()`` ends it."""
     if not url:
         from .memory import MemoryStore
 

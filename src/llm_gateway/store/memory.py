@@ -7,21 +7,31 @@ import bisect
 import collections
 import math
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 
-from ..events import Complete, Error, Event, TaskInfo, Terminal, terminal_outcome
-from .base import EventBatch, TaskEnded, format_event_id, next_event_id, now_iso, parse_event_id
+from ..events import Event, TaskInfo
+from .base import (
+    Ending,
+    EventBatch,
+    EventKey,
+    LogRules,
+    format_event_id,
+    may_append,
+    may_finish,
+    may_start,
+    next_event_id,
+)
 
 
 class _Log:
     __slots__ = ("cancel_requested", "changed", "events", "info", "keys", "lease_deadline")
 
-    def __init__(self, info: TaskInfo) -> None:
+    def __init__(self, info: TaskInfo, lease: int) -> None:
         self.info = info
-        self.keys: list[tuple[int, int]] = []
+        self.keys: list[EventKey] = []
         self.events: EventBatch = []
         self.changed = asyncio.Event()
-        self.lease_deadline = 0.0
+        self.lease_deadline = _deadline(lease)
         self.cancel_requested = False
 
     def add(self, event: Event) -> str:
@@ -35,11 +45,14 @@ class _Log:
         changed, self.changed = self.changed, asyncio.Event()
         changed.set()
 
-    def position(self, after: str | None) -> int:
-        return 0 if after is None else bisect.bisect_right(self.keys, parse_event_id(after))
+    def position(self, after: EventKey | None) -> int:
+        return 0 if after is None else bisect.bisect_right(self.keys, after)
+
+    def lapsed(self) -> bool:
+        return self.lease_deadline < time.monotonic()
 
 
-class MemoryStore:
+class MemoryStore(LogRules):
     def __init__(self, *, stream_ttl: int = 3600) -> None:
         self.stream_ttl = stream_ttl
         self._logs: dict[str, _Log] = {}
@@ -57,68 +70,78 @@ class MemoryStore:
         self._purge_expired()
         return self._logs.get(task_id)
 
-    async def ping(self) -> None:
+    async def connect(self) -> None:
         return None
 
-    async def create_task(
-        self, task_id: str, *, fingerprint: str, model: str, lease_seconds: float | None
-    ) -> tuple[TaskInfo, bool]:
-        log = self._log(task_id)
-        if log is not None:
-            return log.info, False
-        now = now_iso()
-        info = TaskInfo(
-            task_id=task_id, status="queued", created_at=now, updated_at=now, model=model, fingerprint=fingerprint
-        )
-        log = self._logs[task_id] = _Log(info)
-        log.lease_deadline = _deadline(lease_seconds)
-        return info, True
+    async def ping(self) -> None:
+        return None
 
     async def get_task(self, task_id: str) -> TaskInfo | None:
         log = self._log(task_id)
         return None if log is None else log.info
 
-    async def start_task(self, task_id: str, *, owner: str, lease_seconds: float | None, event: Event) -> str:
-        log = self._logs[task_id]
-        if log.info.status != "queued":
-            return ""
-        log.info.status, log.info.owner, log.info.updated_at = "running", owner, now_iso()
-        log.lease_deadline = _deadline(lease_seconds)
+    async def _create(self, info: TaskInfo, lease: int) -> TaskInfo | None:
+        log = self._log(info.task_id)
+        if log is not None:
+            return log.info
+        self._logs[info.task_id] = _Log(info, lease)
+        return None
+
+    async def _start(self, task_id: str, owner: str, lease: int, event: Event, at: str) -> str | None:
+        log = self._logs.get(task_id)
+        if log is None or not may_start(log.info):
+            return None
+        log.info.status, log.info.owner, log.info.updated_at = "running", owner, at
+        log.lease_deadline = _deadline(lease)
         event_id = log.add(event)
         log.notify()
         return event_id
 
-    async def append(self, task_id: str, events: Sequence[Event], *, owner: str) -> str:
+    async def _append(self, task_id: str, events: Sequence[Event], owner: str) -> list[str] | None:
         log = self._logs.get(task_id)
-        if log is None or log.info.status != "running" or log.info.owner != owner:
-            raise TaskEnded(task_id)
-        event_id = ""
-        for event in events:
-            event_id = log.add(event)
+        if log is None or not may_append(log.info, owner):
+            return None
+        ids = [log.add(event) for event in events]
         log.notify()
-        return event_id
+        return ids
 
-    async def finish(self, task_id: str, event: Terminal) -> bool:
+    async def _finish(self, task_id: str, end: Ending, *, only_if_lapsed: bool) -> bool:
         log = self._logs.get(task_id)
-        if log is None or log.info.finished:
+        if log is None or not may_finish(log.info) or (only_if_lapsed and not log.lapsed()):
             return False
-        log.add(event)
-        status, result, error = terminal_outcome(event)
-        log.info.status, log.info.result, log.info.error, log.info.updated_at = status, result, error, now_iso()
+        log.add(end.event)
+        log.info.status, log.info.result, log.info.error, log.info.updated_at = (
+            end.status,
+            end.result,
+            end.error,
+            end.at,
+        )
         self._expiry.append((time.monotonic() + self.stream_ttl, task_id))
         log.notify()
         return True
 
+    async def _lapsed(self) -> list[str]:
+        return [task_id for task_id, log in self._logs.items() if may_finish(log.info) and log.lapsed()]
+
+    async def _renew(self, task_ids: Sequence[str], lease: int) -> list[str]:
+        deadline = _deadline(lease)
+        cancelled = []
+        for task_id in task_ids:
+            log = self._logs.get(task_id)
+            if log is not None and may_finish(log.info):
+                log.lease_deadline = deadline
+                if log.cancel_requested:
+                    cancelled.append(task_id)
+        return cancelled
+
     async def release(self, task_id: str) -> None:
         return None
 
-    async def read(self, task_id: str, after: str | None = None) -> EventBatch:
+    async def _read(self, task_id: str, after: EventKey | None) -> EventBatch:
         log = self._log(task_id)
         return [] if log is None else log.events[log.position(after) :]
 
-    async def follow(
-        self, task_id: str, after: str | None = None, *, heartbeat: float = 15.0
-    ) -> AsyncIterator[EventBatch]:
+    async def _follow(self, task_id: str, after: EventKey, heartbeat: float) -> AsyncGenerator[EventBatch]:
         log = self._log(task_id)
         if log is None:
             return
@@ -129,8 +152,6 @@ class MemoryStore:
                 batch = log.events[position:]
                 position = len(log.events)
                 yield batch
-                if isinstance(batch[-1][1], Complete | Error):
-                    return
                 continue
             if log.info.finished:
                 return  # resumed at or after the terminal event: nothing more will come
@@ -139,24 +160,6 @@ class MemoryStore:
                     await changed.wait()
             except TimeoutError:
                 yield []
-
-    async def renew_leases(self, task_ids: Sequence[str], *, owner: str, lease_seconds: float) -> list[str]:
-        deadline = time.monotonic() + lease_seconds
-        cancelled = []
-        for task_id in task_ids:
-            log = self._logs.get(task_id)
-            if log is not None and not log.info.finished:
-                log.lease_deadline = deadline
-                if log.cancel_requested:
-                    cancelled.append(task_id)
-        return cancelled
-
-    async def interrupt_lapsed(self) -> list[str]:
-        now = time.monotonic()
-        lapsed = [task_id for task_id, log in self._logs.items() if not log.info.finished and log.lease_deadline < now]
-        for task_id in lapsed:
-            await self.finish(task_id, Error("interrupted", "the replica running this task stopped", retryable=True))
-        return lapsed
 
     async def request_cancel(self, task_id: str) -> None:
         log = self._logs.get(task_id)
@@ -218,5 +221,5 @@ class MemoryStore:
         self._values.clear()
 
 
-def _deadline(lease_seconds: float | None) -> float:
-    return math.inf if lease_seconds is None else time.monotonic() + lease_seconds  # no lease: never reaped
+def _deadline(lease: int) -> float:
+    return math.inf if lease < 0 else time.monotonic() + lease / 1000  # no lease: never reaped

@@ -20,6 +20,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import datetime
 from typing import Any
 
+from .. import keys
 from ..aio import cancel_and_wait
 from ..errors import GatewayError
 from ..events import Complete, Error, Event, Progress, Start, TokenUsage
@@ -32,11 +33,11 @@ from .status import PENDING, ends, is_final, to_progress
 log = logging.getLogger(__name__)
 
 OWNER = "trellis"  # every replica's pollers write as this owner; the poller lease says which one may
-TRACKED = "trellis:tracked"
+TRACKED = keys.TRELLIS_TRACKED
 
 
 def log_id(piapi_task_id: str) -> str:
-    return f"trellis:{piapi_task_id}"
+    return keys.trellis_log(piapi_task_id)
 
 
 class TrellisTracker:
@@ -144,11 +145,11 @@ class TrellisTracker:
 
     async def _offer(self) -> None:
         for task_id in list(self._watchers):  # sockets come and go while we await
-            await self.store.set_value(f"trellis:watched:{task_id}", b"1", ttl=self.watched_seconds)
+            await self.store.set_value(keys.trellis_watched(task_id), b"1", ttl=self.watched_seconds)
         candidates = (await self.store.members(TRACKED)) | set(self._watchers)
         for task_id in candidates - set(self._pollers):
             lease = Lease(
-                self.store, f"trellis:poller:{task_id}", ttl=self.lease_seconds, token=self.replica_id.encode()
+                self.store, keys.trellis_poller(task_id), ttl=self.lease_seconds, token=self.replica_id.encode()
             )
             if await lease.take():
                 self._pollers[task_id] = asyncio.create_task(self._poll(task_id, lease), name=f"trellis-poll-{task_id}")
@@ -195,7 +196,7 @@ class TrellisTracker:
     async def _wanted(self, task_id: str) -> bool:
         if task_id in self._watchers or task_id in await self.store.members(TRACKED):
             return True
-        return await self.store.get_value(f"trellis:watched:{task_id}") is not None
+        return await self.store.get_value(keys.trellis_watched(task_id)) is not None
 
     async def _track(self, data: dict[str, Any]) -> None:
         """A task we created: log its first status, and poll it until it ends, from whichever replica can."""
@@ -223,7 +224,7 @@ class TrellisTracker:
         Serialised per task across replicas: the poller, a webhook (PiAPI may repeat them) and a first lookup
         may all report the same status at once, and it must be written once.
         """
-        async with held(self.store, f"trellis:record:{task_id}", ttl=5.0, wait=15.0):
+        async with held(self.store, keys.trellis_record(task_id), ttl=5.0, wait=15.0):
             return await self._record_held(task_id, update)
 
     async def _record_held(self, task_id: str, update: Progress) -> bool:

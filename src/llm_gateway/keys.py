@@ -1,0 +1,66 @@
+"""Every key the service writes to its store, built here, in namespaces that cannot collide.
+
+A key is a namespace and an id (ids come from clients and may hold any separator), or a constant. No
+namespace is a prefix of another, and no constant starts with a namespace, so two keys built here are
+equal only if they are the same kind of key for the same id. (``tests/test_keys.py`` checks it.)
+
+Three families: task ids, the app's small values (``Values``), and the Redis store's own layout, under its
+prefix, which keeps those values under ``kv:``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Namespace:
+    """Builds the keys ``prefix + id``."""
+
+    prefix: str
+
+    def __call__(self, id_: str) -> str:
+        return self.prefix + id_
+
+
+# --- task ids (the event log's) -------------------------------------------------------------------------------
+# Claude task ids are the client's choice (``TaskId``): one could be "trellis:<id>", the log of a Trellis task.
+# Left as it is: both ids are part of the API (task ids, the X-Task-Id of a Trellis stream).
+
+trellis_log = Namespace("trellis:")
+
+# --- the app's small values -----------------------------------------------------------------------------------
+
+conversation = Namespace("conversation:")  # a conversation's history
+conversation_lock = Namespace("lock:conversation:")  # held while one turn of it runs
+answer = Namespace("answer:")  # the task answering a question, by the question's digest
+trellis_watched = Namespace("trellis:watched:")  # a socket somewhere watched the Trellis task lately
+trellis_poller = Namespace("trellis:poller:")  # the replica that polls the Trellis task
+trellis_record = Namespace("trellis:record:")  # held while a Trellis status is recorded
+TRELLIS_TRACKED = "trellis:tracked"  # the set of Trellis tasks the cluster tracks
+
+VALUE_NAMESPACES = (conversation, conversation_lock, answer, trellis_watched, trellis_poller, trellis_record)
+VALUE_CONSTANTS = (TRELLIS_TRACKED,)
+
+# --- the Redis store's layout, under its prefix -------------------------------------------------------------
+
+TASK = "task:"  # a task's hash
+EVENTS = "events:"  # its event log, a stream
+WAKE = "wake:"  # a replica's wake-up stream
+VALUE = "kv:"  # the app's small values, as above
+RUNNING = "running"  # the lease zset: task id -> deadline
+CANCEL = "cancel"  # the channel of cancel requests (channels have a namespace of their own)
+
+REDIS_NAMESPACES = (TASK, EVENTS, WAKE, VALUE)
+REDIS_CONSTANTS = (RUNNING,)
+
+
+class RedisKeys:
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.task = Namespace(prefix + TASK)
+        self.events = Namespace(prefix + EVENTS)
+        self.wake = Namespace(prefix + WAKE)
+        self.value = Namespace(prefix + VALUE)
+        self.running = prefix + RUNNING
+        self.cancel = prefix + CANCEL

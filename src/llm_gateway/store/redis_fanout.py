@@ -1,0 +1,179 @@
+"""Live reads of the Redis store: one multiplexed reader per replica, fanned out to its subscribers in memory.
+
+``follow`` never blocks a connection of its own. It registers with ``Fanout``, whose single ``XREAD BLOCK``
+covers every followed stream. A new stream joins that read by an XADD to the wake stream, which is part of
+the same XREAD: unlike ``CLIENT UNBLOCK`` this cannot be lost in a race with the read. Streams of tasks
+running on this replica stay out of the XREAD: their writer hands each stored batch to local subscribers
+directly, and when the writer is done the stream joins the XREAD if anyone still follows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import redis.asyncio as redis
+
+from ..aio import cancel_and_wait
+from ..events import Complete, Error, decode_event
+from .base import EventBatch, parse_event_id
+
+log = logging.getLogger(__name__)
+
+PAGE = 1000
+BLOCK_MS = 5000
+COMMAND_TIMEOUT = 10.0
+SUBSCRIBER_BACKLOG = 4096  # events buffered for one slow subscriber before it falls back to XRANGE
+
+
+def text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def decode_entries(entries: list[Any]) -> EventBatch:
+    return [(text(entry_id), decode_event(fields[b"e"])) for entry_id, fields in entries]
+
+
+class Subscription:
+    __slots__ = ("backlog", "overflowed", "ready")
+
+    def __init__(self) -> None:
+        self.backlog: EventBatch = []
+        self.overflowed = False
+        self.ready = asyncio.Event()
+
+    def deliver(self, batch: EventBatch) -> None:
+        if self.overflowed:
+            return
+        if len(self.backlog) + len(batch) > SUBSCRIBER_BACKLOG:
+            self.backlog.clear()
+            self.overflowed = True
+        else:
+            self.backlog.extend(batch)
+        self.ready.set()
+
+    def take(self) -> EventBatch:
+        batch, self.backlog = self.backlog, []
+        self.ready.clear()
+        return batch
+
+
+class Fanout:
+    """One blocking XREAD over every stream this replica's subscribers follow, fanned out in memory."""
+
+    def __init__(self, url: str, wake_key: str) -> None:
+        self._url = url
+        self._wake_key = wake_key
+        self._wake_cursor = "0-0"
+        self._wake_pending = False
+        self._subs: dict[str, set[Subscription]] = {}
+        self._cursors: dict[str, str] = {}
+        self._local: set[str] = set()
+        self._ended: set[str] = set()
+        self._idle = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._waker: redis.Redis | None = None
+
+    def start(self, waker: redis.Redis) -> None:
+        if self._task is not None:
+            return
+        self._waker = waker
+        self._task = asyncio.create_task(self._run(), name="redis-fanout")
+
+    async def stop(self) -> None:
+        await cancel_and_wait(self._task)
+
+    def subscribe(self, key: str, after: str) -> tuple[Subscription, bool]:
+        """Register a subscriber (synchronously, so a caller's ``finally`` can always undo it).
+
+        Returns it, and whether the reader must be woken to add the stream to its XREAD.
+        """
+        sub = Subscription()
+        subs = self._subs.get(key)
+        if subs is None:
+            self._subs[key] = {sub}
+            self._cursors[key] = after
+            return sub, key not in self._local
+        subs.add(sub)
+        # Never past what a subscriber still needs: the XREAD reads from the earliest point (others drop repeats).
+        if parse_event_id(after) < parse_event_id(self._cursors[key]):
+            self._cursors[key] = after
+            return sub, key not in self._local
+        return sub, False
+
+    def local_start(self, key: str) -> None:
+        self._local.add(key)
+
+    async def local_end(self, key: str) -> None:
+        self._local.discard(key)
+        if key in self._subs and key not in self._ended:
+            await self.wake()  # someone still follows: read the rest (say, a reaper's terminal event) by XREAD
+        self._ended.discard(key)
+
+    def deliver(self, key: str, batch: EventBatch) -> None:
+        """Hand a batch just stored by this replica to its local subscribers (they drop what they have)."""
+        if key in self._local and isinstance(batch[-1][1], Complete | Error):
+            self._ended.add(key)  # its subscribers have the terminal event: no XREAD needed when it is released
+        self._fan_out(key, batch)
+
+    def _fan_out(self, key: str, batch: EventBatch) -> None:
+        subs = self._subs.get(key)
+        if subs:
+            self._cursors[key] = max(self._cursors[key], batch[-1][0], key=parse_event_id)
+            for sub in tuple(subs):
+                sub.deliver(batch)
+
+    def unsubscribe(self, key: str, sub: Subscription) -> None:
+        subs = self._subs.get(key)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._subs[key]
+                self._cursors.pop(key, None)
+
+    async def wake(self) -> None:
+        self._idle.set()
+        if not self._wake_pending and self._waker is not None:
+            self._wake_pending = True
+            async with asyncio.timeout(COMMAND_TIMEOUT):
+                await self._waker.xadd(self._wake_key, {b"w": b"1"}, maxlen=16, approximate=True)
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        while True:
+            reader = redis.Redis.from_url(self._url, socket_timeout=None, socket_connect_timeout=5)
+            try:
+                while True:
+                    await self._read_once(reader)
+                    backoff = 0.1
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a lost connection must not end live reads: reconnect with backoff
+                log.warning("redis stream reader failed (%s); reconnecting in %.1fs", type(exc).__name__, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                await reader.aclose()
+
+    async def _read_once(self, reader: redis.Redis) -> None:
+        self._wake_pending = False
+        if not self._subs:
+            self._idle.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(BLOCK_MS / 1000):
+                    await self._idle.wait()
+            return
+        streams: dict[Any, Any] = {self._wake_key: self._wake_cursor}
+        streams.update((key, cursor) for key, cursor in self._cursors.items() if key not in self._local)
+        async with asyncio.timeout(BLOCK_MS / 1000 + 10):
+            response: Any = await reader.xread(streams, count=PAGE, block=BLOCK_MS)
+        for raw_key, entries in response or ():
+            key = text(raw_key)
+            if not entries:
+                continue
+            if key == self._wake_key:
+                self._wake_cursor = text(entries[-1][0])
+                continue
+            self._fan_out(key, decode_entries(entries))

@@ -1,0 +1,48 @@
+"""The key map: namespaces that cannot collide, whatever ids clients choose."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from llm_gateway import keys
+
+# Ids a client may send (TaskId allows ":"), chosen to look like other keys' namespaces and suffixes.
+IDS = ["v", "v:lock", "lock", "lock:v", "lock:conversation:v", "conversation:v", "watched:x", "tracked", ":", ""]
+
+VALUE_NAMESPACES = tuple(namespace.prefix for namespace in keys.VALUE_NAMESPACES)
+
+
+@pytest.mark.parametrize(
+    ("namespaces", "constants"),
+    [(VALUE_NAMESPACES, keys.VALUE_CONSTANTS), (keys.REDIS_NAMESPACES, keys.REDIS_CONSTANTS)],
+)
+def test_no_namespace_is_a_prefix_of_another(namespaces: tuple[str, ...], constants: tuple[str, ...]) -> None:
+    for a, b in itertools.permutations(namespaces, 2):
+        assert not b.startswith(a), (a, b)
+    for constant, namespace in itertools.product(constants, namespaces):
+        assert not constant.startswith(namespace), (constant, namespace)
+    assert len(set(namespaces + constants)) == len(namespaces + constants)
+
+
+def test_value_keys_of_different_kinds_or_ids_never_meet() -> None:
+    built = [build(id_) for build in keys.VALUE_NAMESPACES for id_ in IDS] + [keys.TRELLIS_TRACKED]
+    assert len(set(built)) == len(built)
+
+
+def test_a_conversation_and_its_lock_are_apart_from_every_other_conversation() -> None:
+    assert keys.conversation("v:lock") != keys.conversation_lock("v")
+    assert keys.conversation("lock:v") != keys.conversation_lock("v")
+    assert keys.conversation_lock("v:lock") != keys.conversation("v")
+
+
+def test_the_redis_layout() -> None:
+    layout = keys.RedisKeys("llmgw:")
+    assert layout.task("t") == "llmgw:task:t" and layout.events("t") == "llmgw:events:t"
+    assert layout.value(keys.conversation("c")) == "llmgw:kv:conversation:c"
+    assert layout.running == "llmgw:running" and layout.cancel == "llmgw:cancel"
+    assert layout.wake("r1") == "llmgw:wake:r1"
+    redis_keys = [layout.task, layout.events, layout.wake, layout.value]
+    built = [build(id_) for build in redis_keys for id_ in IDS] + [layout.running]
+    assert len(set(built)) == len(built)
