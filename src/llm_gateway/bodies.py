@@ -42,25 +42,26 @@ class PromptRequest(msgspec.Struct, kw_only=True):
     task_id: TaskId | None = None
 
 
-class GenerateRequest(msgspec.Struct, kw_only=True):
-    prompt: SeedPrompt
+class SeedOptions(msgspec.Struct, kw_only=True):
+    """What seed 001's bodies share beside their text."""
+
     max_tokens: SeedMaxTokens = 1024
     temperature: Temperature | None = None
     system: str | None = None
     model: Model | None = None
+
+
+class GenerateRequest(SeedOptions, kw_only=True):
+    prompt: SeedPrompt
 
 
 class WsGenerateRequest(GenerateRequest, kw_only=True):
     stream: bool = False
 
 
-class ChatRequest(msgspec.Struct, kw_only=True):
+class ChatRequest(SeedOptions, kw_only=True):
     message: SeedPrompt
     conversation_id: TaskId | None = None
-    max_tokens: SeedMaxTokens = 1024
-    system: str | None = None
-    temperature: Temperature | None = None
-    model: Model | None = None
 
 
 class QueryRequest(msgspec.Struct, kw_only=True):

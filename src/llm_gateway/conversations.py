@@ -7,6 +7,8 @@ dropped first, so it always starts with a user turn, as the Messages API wants).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import msgspec
 
 from . import keys
@@ -22,23 +24,14 @@ class History(msgspec.Struct):
     messages: list[Message] = msgspec.field(default_factory=list)
 
 
+@dataclass(frozen=True)
 class Conversations:
-    def __init__(
-        self,
-        store: Store,
-        runner: TaskRunner,
-        *,
-        ttl: float,
-        default_model: str,
-        lock_ttl: float,
-        max_messages: int = 100,
-    ) -> None:
-        self.store = store
-        self.max_messages = max_messages
-        self.runner = runner
-        self.ttl = ttl
-        self.default_model = default_model
-        self.lock_ttl = lock_ttl
+    store: Store
+    runner: TaskRunner
+    ttl: float
+    default_model: str
+    lock_ttl: float
+    max_messages: int = 100
 
     async def turn(self, conversation_id: str, body: ChatRequest) -> tuple[str, Complete]:
         """Answer ``body.message`` after the conversation's history; return the task id and its answer."""
