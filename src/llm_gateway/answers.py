@@ -20,6 +20,7 @@ from .events import TaskInfo
 from .providers import GenerationRequest
 from .store import Store
 from .tasks import TaskRunner, new_task_id
+from .tenants import scoped
 
 SHAREABLE = frozenset({"queued", "running", "completed"})
 
@@ -42,11 +43,11 @@ class AnswerCache:
         self.runner = runner
         self.ttl = ttl
 
-    async def task_for(self, request: GenerationRequest, *, use_cache: bool = True) -> TaskInfo:
-        """The task answering ``request``: a cached or in-flight one (single-flight), else a new one."""
-        key = keys.answer(cache_key(request))
+    async def task_for(self, tenant: str, request: GenerationRequest, *, use_cache: bool = True) -> TaskInfo:
+        """The task answering ``request`` for ``tenant``: a cached or in-flight one (single-flight), else a new one."""
+        key = keys.answer(scoped(tenant, cache_key(request)))
         if not use_cache:
-            info, _ = await self.runner.submit(None, request)
+            info, _ = await self.runner.submit(None, request, tenant=tenant)
             await self.store.set_value(key, info.task_id.encode(), ttl=self.ttl)
             return info
         for attempt in range(40):
@@ -61,11 +62,12 @@ class AnswerCache:
                 await self.store.delete_value(key, if_equals=cached)  # failed or expired: not an answer to share
             # Claim the key before generating, so identical requests arriving meanwhile share this generation.
             task_id = new_task_id()
-            if await self.store.set_value_if_absent(key, task_id.encode(), ttl=self.ttl):
+            claim = scoped(tenant, task_id).encode()  # what the cache holds: the task's scoped id
+            if await self.store.set_value_if_absent(key, claim, ttl=self.ttl):
                 try:
-                    info, _ = await self.runner.submit(task_id, request)
+                    info, _ = await self.runner.submit(task_id, request, tenant=tenant)
                 except BaseException:
-                    await self.store.delete_value(key, if_equals=task_id.encode())
+                    await self.store.delete_value(key, if_equals=claim)
                     raise
                 return info
         raise GatewayError("unavailable", "the answer cache is busy; try again", retry_after=1)

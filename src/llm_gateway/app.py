@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import hmac
 import logging
 from collections.abc import AsyncIterator
-from urllib.parse import parse_qs
 
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
@@ -15,80 +13,24 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .answers import AnswerCache
+from .auth import ClientKeyMiddleware, RedactKeysFilter, redact_client_keys_in_logs
 from .config import Settings, from_env
 from .conversations import Conversations
 from .errors import ErrorType, GatewayError
 from .http import error_response
 from .providers.registry import Providers
-from .redact import mask_query
 from .routes import chat, claude, generic, meta, trellis as trellis_routes
 from .state import Gateway
 from .store import Store, open_store
 from .tasks import TaskRunner
+from .tenants import TenantLimits
 from .trellis import PiAPIClient, TrellisTracker
 
+__all__ = ["RedactKeysFilter", "create_app", "open_gateway"]
+
 log = logging.getLogger("llm_gateway")
-
-OPEN_PATHS = frozenset({"/", "/health", "/docs", "/redoc", "/openapi.json"})
-
-
-class RedactKeysFilter(logging.Filter):
-    """Keeps client keys sent in a query (``?api_key=``, however percent-encoded) out of uvicorn's log lines."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(_masked(a) if isinstance(a, str) else a for a in record.args)
-        return True
-
-
-def _masked(value: str) -> str:
-    path, question, query = value.partition("?")
-    return path + question + mask_query(query) if question else value
-
-
-def redact_client_keys_in_logs() -> None:
-    for name in ("uvicorn.access", "uvicorn.error"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, RedactKeysFilter) for f in logger.filters):
-            logger.addFilter(RedactKeysFilter())
-
-
-class ClientKeyMiddleware:
-    """When GATEWAY_API_KEYS is set, require ``Authorization: Bearer <key>`` or ``X-API-Key`` (constant time)."""
-
-    def __init__(self, app: ASGIApp, keys: list[str]) -> None:
-        self.app = app
-        self.keys = [key.encode() for key in keys]
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not self.keys or scope["type"] not in ("http", "websocket") or scope["path"] in OPEN_PATHS:
-            return await self.app(scope, receive, send)
-        if scope["type"] == "http" and scope["method"] == "OPTIONS":
-            return await self.app(scope, receive, send)  # CORS preflight carries no credentials
-        if self._authorized(scope):
-            return await self.app(scope, receive, send)
-        if scope["type"] == "websocket":
-            return await send({"type": "websocket.close", "code": 4401, "reason": "unauthorized"})
-        error = GatewayError("unauthorized", "missing or invalid API key: send Authorization: Bearer <key>")
-        await error_response(error)(scope, receive, send)
-
-    def _authorized(self, scope: Scope) -> bool:
-        headers = dict(scope["headers"])
-        offered = headers.get(b"x-api-key", b"")
-        authorization = headers.get(b"authorization", b"")
-        if authorization[:7].lower() == b"bearer ":
-            offered = authorization[7:].strip()
-        if not offered and scope["type"] == "websocket":
-            # Browsers cannot set headers on a WebSocket: accept ?api_key= there.
-            offered = parse_qs(scope.get("query_string", b"").decode()).get("api_key", [""])[0].encode()
-        # Compare with every key, so timing tells nothing about which one was close.
-        matched = False
-        for key in self.keys:
-            matched |= hmac.compare_digest(offered, key)
-        return matched
 
 
 async def gateway_error(request: Request, exc: Exception) -> Response:
@@ -127,9 +69,16 @@ async def open_gateway(
     if providers is None:
         providers = Providers.from_settings(settings)
         stack.push_async_callback(providers.close)
+    limits = TenantLimits(
+        store,
+        max_concurrent=settings.tenant_max_concurrent,
+        rpm=settings.tenant_rpm,
+        slot_ttl=2 * settings.task_lease_seconds,
+    )
     runner = TaskRunner(
         store,
         providers.resolve,
+        limits=limits,
         max_concurrent=settings.max_concurrent_tasks,
         lease_seconds=settings.task_lease_seconds,
         grace_seconds=settings.shutdown_grace_seconds,
@@ -156,7 +105,7 @@ async def open_gateway(
         lock_ttl=max(3.0, settings.task_lease_seconds * 3),
         max_messages=settings.conversation_max_messages,
     )
-    return Gateway(settings, store, providers, runner, trellis, answers, conversations)
+    return Gateway(settings, store, providers, runner, trellis, answers, conversations, limits)
 
 
 def create_app(
@@ -180,7 +129,7 @@ def create_app(
             allow_headers=["*"],
             expose_headers=["X-Task-Id", "Retry-After", "Location"],
         ),
-        Middleware(ClientKeyMiddleware, keys=settings.client_api_keys),
+        Middleware(ClientKeyMiddleware, tenants=settings.client_tenants),
     ]
     return Starlette(
         routes=[*meta.routes, *claude.routes, *generic.routes, *chat.routes, *trellis_routes.routes],

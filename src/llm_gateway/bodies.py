@@ -18,8 +18,9 @@ from .errors import InvalidRequest
 from .http import require_text, validate
 from .providers import GenerationRequest
 from .tanstack import ClientMessage, to_anthropic, to_anthropic_tools
+from .tenants import TASK_ID_PATTERN
 
-TaskId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
+TaskId = Annotated[str, Meta(pattern=TASK_ID_PATTERN)]
 NonEmpty = Annotated[str, Meta(min_length=1)]
 SeedPrompt = Annotated[str, Meta(min_length=1, max_length=10_000)]
 Question = Annotated[str, Meta(min_length=1, max_length=100_000)]

@@ -10,6 +10,8 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
+from .tenants import parse_keys
+
 PositiveInt = Annotated[int, Meta(ge=1)]
 PositiveFloat = Annotated[float, Meta(gt=0)]
 Port = Annotated[int, Meta(ge=0, le=65535)]
@@ -54,6 +56,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     trellis_timeout: PositiveFloat = 15.0
     cors_origins: str = "*"
     gateway_api_keys: str | None = None
+    tenant_max_concurrent: PositiveInt | None = None
+    tenant_rpm: PositiveInt | None = None
     log_level: str = "info"
 
     def __post_init__(self) -> None:
@@ -72,6 +76,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
             )
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             problems.append("REDIS_URL must start with redis://, rediss:// or unix://")
+        try:
+            parse_keys(self.gateway_api_keys or "")
+        except ValueError as exc:
+            problems.append(str(exc))
         return problems
 
     @property
@@ -80,7 +88,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
 
     @property
     def client_api_keys(self) -> list[str]:
-        return split_list(self.gateway_api_keys or "")
+        return list(self.client_tenants)
+
+    @property
+    def client_tenants(self) -> dict[str, str]:
+        """Client key -> tenant name (empty: no keys, one anonymous tenant)."""
+        return parse_keys(self.gateway_api_keys or "")
 
 
 def split_list(value: str) -> list[str]:

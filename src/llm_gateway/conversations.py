@@ -18,6 +18,7 @@ from .events import Complete
 from .locks import held
 from .store import Store
 from .tasks import TaskRunner
+from .tenants import public, scoped
 
 
 class History(msgspec.Struct):
@@ -33,20 +34,21 @@ class Conversations:
     lock_ttl: float
     max_messages: int = 100
 
-    async def turn(self, conversation_id: str, body: ChatRequest) -> tuple[str, Complete]:
-        """Answer ``body.message`` after the conversation's history; return the task id and its answer."""
-        key = keys.conversation(conversation_id)
-        async with held(self.store, keys.conversation_lock(conversation_id), ttl=self.lock_ttl):
+    async def turn(self, tenant: str, conversation_id: str, body: ChatRequest) -> tuple[str, Complete]:
+        """Answer ``body.message`` after the tenant's conversation; return the (public) task id and the answer."""
+        scoped_id = scoped(tenant, conversation_id)
+        key = keys.conversation(scoped_id)
+        async with held(self.store, keys.conversation_lock(scoped_id), ttl=self.lock_ttl):
             stored = await self.store.get_value(key)
             history = msgspec.json.decode(stored, type=History) if stored else History()
             request = from_text(body, self.default_model, history.messages)
-            info, _ = await self.runner.submit(None, request)
+            info, _ = await self.runner.submit(None, request, tenant=tenant)
             complete = await self.runner.answer(info.task_id)
             history.messages = newest(
                 [*history.messages, user(body.message), assistant(complete.text)], self.max_messages
             )
             await self.store.set_value(key, msgspec.json.encode(history), ttl=self.ttl)
-        return info.task_id, complete
+        return public(info.task_id), complete
 
 
 def newest(messages: list[Message], limit: int) -> list[Message]:

@@ -24,10 +24,10 @@ class Namespace:
 
 
 # --- task ids (the event log's) -------------------------------------------------------------------------------
-# Claude task ids are the client's choice (``TaskId``): one could be "trellis:<id>", the log of a Trellis task.
-# Left as it is: both ids are part of the API (task ids, the X-Task-Id of a Trellis stream).
+# Claude task ids are the client's choice (``TaskId``), tenant-scoped as ``tenant/id``; neither may hold a "~",
+# so no client can name the log of a Trellis task.
 
-trellis_log = Namespace("trellis:")
+trellis_log = Namespace("~trellis:")
 
 # --- the app's small values -----------------------------------------------------------------------------------
 
@@ -37,9 +37,22 @@ answer = Namespace("answer:")  # the task answering a question, by the question'
 trellis_watched = Namespace("trellis:watched:")  # a socket somewhere watched the Trellis task lately
 trellis_poller = Namespace("trellis:poller:")  # the replica that polls the Trellis task
 trellis_record = Namespace("trellis:record:")  # held while a Trellis status is recorded
+trellis_owner = Namespace("trellis:owner:")  # the tenant that created the Trellis task
 TRELLIS_TRACKED = "trellis:tracked"  # the set of Trellis tasks the cluster tracks
+tenant_rpm = Namespace("rate:")  # a tenant's requests in one clock minute
+tenant_running = Namespace("slots:")  # a tenant's running generations (leased slots)
 
-VALUE_NAMESPACES = (conversation, conversation_lock, answer, trellis_watched, trellis_poller, trellis_record)
+VALUE_NAMESPACES = (
+    conversation,
+    conversation_lock,
+    answer,
+    trellis_watched,
+    trellis_poller,
+    trellis_record,
+    trellis_owner,
+    tenant_rpm,
+    tenant_running,
+)
 VALUE_CONSTANTS = (TRELLIS_TRACKED,)
 
 # --- the Redis store's layout, under its prefix -------------------------------------------------------------

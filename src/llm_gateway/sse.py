@@ -14,6 +14,7 @@ from .aio import cancel_and_wait
 from .dialects import DIALECTS, Dialect
 from .errors import InvalidRequest
 from .store import EventLog, MalformedEventId, parse_event_id
+from .tenants import public
 
 KEEPALIVE_SECONDS = 15.0
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
@@ -47,7 +48,7 @@ def pick_dialect(request: Request, default: str, task_id: str, thread_id: str = 
             f"unknown format {name!r}; one of: {', '.join(DIALECTS)}",
             detail=[{"loc": ["query", "format"], "msg": "unknown format", "input": name[:64]}],
         )
-    return factory(task_id, thread_id)
+    return factory(public(task_id), thread_id)
 
 
 async def frames(
@@ -120,7 +121,7 @@ async def aclose(iterator: AsyncIterator[Any]) -> None:
 
 
 def event_stream(body: AsyncIterator[bytes], task_id: str) -> EventStreamResponse:
-    return EventStreamResponse(body, {**SSE_HEADERS, "X-Task-Id": task_id})
+    return EventStreamResponse(body, {**SSE_HEADERS, "X-Task-Id": public(task_id)})
 
 
 def task_stream(

@@ -12,6 +12,7 @@ from .conversations import Conversations
 from .providers.registry import Providers
 from .store import Store
 from .tasks import TaskRunner
+from .tenants import TenantLimits
 from .trellis import TrellisTracker
 
 
@@ -24,6 +25,7 @@ class Gateway:
     trellis: TrellisTracker
     answers: AnswerCache
     conversations: Conversations
+    limits: TenantLimits
 
 
 def gateway(connection: HTTPConnection) -> Gateway:

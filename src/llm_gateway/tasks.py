@@ -20,6 +20,7 @@ from .errors import CancelReason, Conflict, GatewayError, NotFound
 from .events import Complete, Error, Event, Start, TaskInfo, Terminal, Text
 from .providers import GenerationRequest, Provider
 from .store import EventLog, TaskEnded
+from .tenants import ANONYMOUS, TenantLimits, public, scoped
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +95,11 @@ class TaskRunner:
         lease_seconds: float = 5.0,
         grace_seconds: float = 10.0,
         replica_id: str | None = None,
+        limits: TenantLimits | None = None,
     ) -> None:
         self.store = store
         self.resolve = resolve
+        self.limits = limits
         self.max_concurrent = max_concurrent
         self.lease_seconds = lease_seconds
         self.grace_seconds = grace_seconds
@@ -120,39 +123,53 @@ class TaskRunner:
         ]
 
     async def submit(
-        self, task_id: str | None, request: GenerationRequest, *, thread_id: str = ""
+        self, task_id: str | None, request: GenerationRequest, *, tenant: str = ANONYMOUS, thread_id: str = ""
     ) -> tuple[TaskInfo, bool]:
-        """Create and start a task; an existing id with an equal request returns that task (False)."""
+        """Create and start a task of ``tenant`` (``task_id``: the client's, else a new one); an existing id with
+        an equal request returns that task (False). The TaskInfo's id is the scoped one (``tenants.scoped``)."""
         if not self._accepting:
             raise GatewayError("unavailable", "this replica is shutting down", retry_after=1)
         provider, upstream_model = self.resolve(request.model)
         if len(self._running) + self._reserved >= self.max_concurrent:
             raise GatewayError("unavailable", "too many generations running on this replica", retry_after=1)
-        task_id = task_id or new_task_id()
+        task_id = scoped(tenant, task_id or new_task_id())
         self._reserved += 1
         try:
-            info, created = await self.store.create_task(
-                task_id, fingerprint=fingerprint(request), model=request.model, lease_seconds=self.lease_seconds
-            )
+            info, created = await self._create(task_id, request)
         finally:
             self._reserved -= 1
         if not created:
             if info.fingerprint != fingerprint(request):
-                raise Conflict(f"task {task_id} exists with a different request")
+                raise Conflict(f"task {public(task_id)} exists with a different request")
             return info, False
         upstream = msgspec.structs.replace(request, model=upstream_model)
-        start = Start(task_id, request.model, thread_id)
-        task = asyncio.create_task(self._generate(start, provider, upstream), name=f"task-{task_id}")
+        start = Start(public(task_id), request.model, thread_id)
+        task = asyncio.create_task(self._generate(task_id, start, provider, upstream), name=f"task-{task_id}")
         self._running[task_id] = task
         task.add_done_callback(lambda _: self._running.pop(task_id, None))
         return info, True
 
+    async def _create(self, task_id: str, request: GenerationRequest) -> tuple[TaskInfo, bool]:
+        """The task, created unless it exists; a new one takes one of its tenant's slots (429 if none is free)."""
+        create = self.store.create_task
+        lease, print_ = self.lease_seconds, fingerprint(request)
+        if self.limits is None or not self.limits.limits_concurrency:
+            return await create(task_id, fingerprint=print_, model=request.model, lease_seconds=lease)
+        existing = await self.store.get_task(task_id)
+        if existing is not None:
+            return existing, False
+        await self.limits.claim(task_id)
+        info, created = await create(task_id, fingerprint=print_, model=request.model, lease_seconds=lease)
+        if not created:
+            await self.limits.release(task_id)
+        return info, created
+
     async def cancel(self, task_id: str) -> TaskInfo:
         info = await self.store.get_task(task_id)
         if info is None:
-            raise NotFound(f"no task {task_id}")
+            raise NotFound(f"no task {public(task_id)}")
         if info.finished:
-            raise Conflict(f"task {task_id} already finished ({info.status})")
+            raise Conflict(f"task {public(task_id)} already finished ({info.status})")
         if not self._cancel_local(task_id, "cancelled"):
             await self.store.request_cancel(task_id)
         return info
@@ -165,7 +182,7 @@ class TaskRunner:
                     return event
                 if on_text is not None and isinstance(event, Text) and event.text:
                     await on_text(event.text)
-        raise NotFound(f"no task {task_id}")
+        raise NotFound(f"no task {public(task_id)}")
 
     async def answer(self, task_id: str, on_text: TextSink | None = None) -> Complete:
         """The task's complete answer, once it ends; its error as a GatewayError if it fails."""
@@ -197,12 +214,11 @@ class TaskRunner:
             task.cancel()
         return True
 
-    async def _generate(self, start: Start, provider: Provider, request: GenerationRequest) -> None:
-        task_id = start.task_id
+    async def _generate(self, task_id: str, start: Start, provider: Provider, request: GenerationRequest) -> None:
         writer = LogWriter(self.store, task_id, self.replica_id)
         terminal: Terminal | None
         try:
-            terminal = await self._run_upstream(start, provider, request, writer)
+            terminal = await self._run_upstream(task_id, start, provider, request, writer)
         except GatewayError as exc:
             terminal = Error(exc.type, exc.message, exc.retryable, exc.retry_after)
         except asyncio.CancelledError:
@@ -223,10 +239,10 @@ class TaskRunner:
             await self._release(task_id)
 
     async def _run_upstream(
-        self, start: Start, provider: Provider, request: GenerationRequest, writer: LogWriter
+        self, task_id: str, start: Start, provider: Provider, request: GenerationRequest, writer: LogWriter
     ) -> Terminal | None:
         """Stream the answer into the log; the terminal event to write, or None if the task ended elsewhere."""
-        task_id, model = start.task_id, start.model
+        model = start.model
         try:
             started = await self.store.start_task(
                 task_id, owner=self.replica_id, lease_seconds=self.lease_seconds, event=start
@@ -272,6 +288,8 @@ class TaskRunner:
         try:
             async with asyncio.timeout(10):
                 await self.store.release(task_id)
+                if self.limits is not None:
+                    await self.limits.release(task_id)
         except Exception as exc:
             log.warning("could not release task %s: %s", task_id, type(exc).__name__)
 
@@ -296,6 +314,9 @@ class TaskRunner:
                 )
             for task_id in cancelled:
                 self._cancel_local(task_id, "cancelled")
+            if self.limits is not None:
+                async with asyncio.timeout(period):
+                    await self.limits.renew(list(self._running))
             async with asyncio.timeout(period):
                 for task_id in await self.store.interrupt_lapsed():
                     log.warning("task %s lost its replica; ended as interrupted", task_id)

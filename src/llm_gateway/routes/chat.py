@@ -13,6 +13,7 @@ from ..http import decode_json, read_body, validate
 from ..openapi import doc
 from ..sse import checked_event_id, resume_point, task_stream
 from ..state import Gateway, gateway
+from ..tenants import is_task_id, scoped, tenant_of
 
 
 @doc(
@@ -43,19 +44,21 @@ async def chat(request: Request) -> Response:
 
 
 async def _question(request: Request, gw: Gateway, body: QuestionRequest) -> Response:
-    info = await gw.answers.task_for(from_text(body, gw.settings.claude_model), use_cache=body.use_cache)
+    generation = from_text(body, gw.settings.claude_model)
+    info = await gw.answers.task_for(tenant_of(request), generation, use_cache=body.use_cache)
     return task_stream(request, gw.store, info.task_id, "status", after=resume_point(request))
 
 
 async def _agent_run(request: Request, gw: Gateway, body: RunAgentInput) -> Response:
     generation = from_client_messages(body, gw.settings.claude_model)
     # The run id is the task id: the client's re-POST of the same run (with Last-Event-ID) attaches to it.
-    info, _ = await gw.runner.submit(body.runId, generation, thread_id=body.threadId)
+    info, _ = await gw.runner.submit(body.runId, generation, tenant=tenant_of(request), thread_id=body.threadId)
     return task_stream(request, gw.store, info.task_id, "agui", after=resume_point(request), thread_id=body.threadId)
 
 
 async def _legacy(request: Request, gw: Gateway, body: MessagesRequest) -> Response:
-    info, _ = await gw.runner.submit(None, from_client_messages(body, gw.settings.claude_model))
+    generation = from_client_messages(body, gw.settings.claude_model)
+    info, _ = await gw.runner.submit(None, generation, tenant=tenant_of(request))
     return task_stream(request, gw.store, info.task_id, "tanstack", after=resume_point(request))
 
 
@@ -66,9 +69,9 @@ async def join_run(request: Request) -> Response:
     run_id = request.query_params.get("runId") or request.headers.get("x-run-id")
     if not run_id:
         raise InvalidRequest("runId is required", detail=[{"loc": ["query", "runId"], "msg": "field required"}])
-    info = await gw.store.get_task(run_id)
+    info = await gw.store.get_task(scoped(tenant_of(request), run_id)) if is_task_id(run_id) else None
     if info is None:
-        raise NotFound(f"no run {run_id}")
+        raise NotFound(f"no run {run_id[:128]!r}")
     offset = request.query_params.get("offset")
     after = resume_point(request) or (offset if offset not in (None, "", "-1") else None)
     if after is not None:

@@ -19,6 +19,7 @@ from ..http import JSONResponse, read_json
 from ..openapi import doc
 from ..sse import checked_event_id, event_stream, frames, pick_dialect, resume_point
 from ..state import gateway
+from ..tenants import path_task_id, public, tenant_of
 
 
 class PromptResponse(msgspec.Struct):
@@ -54,22 +55,25 @@ class TaskStatus(msgspec.Struct, omit_defaults=True):
 async def _submit(request: Request) -> TaskInfo:
     gw = gateway(request)
     body = await read_json(request, PromptRequest, gw.settings.max_body_bytes)
-    info, _ = await gw.runner.submit(body.task_id, from_prompt(body, gw.settings.claude_model))
+    request_ = from_prompt(body, gw.settings.claude_model)
+    info, _ = await gw.runner.submit(body.task_id, request_, tenant=tenant_of(request))
     return info
 
 
 def _accepted(info: TaskInfo) -> JSONResponse:
-    status_url = f"/api/claude/task/{info.task_id}"
-    body = Accepted(info.task_id, info.status, status_url, f"/api/claude/subscribe/{info.task_id}")
-    return JSONResponse(body, status_code=202, headers={"X-Task-Id": info.task_id, "Location": status_url})
+    task_id = public(info.task_id)
+    status_url = f"/api/claude/task/{task_id}"
+    body = Accepted(task_id, info.status, status_url, f"/api/claude/subscribe/{task_id}")
+    return JSONResponse(body, status_code=202, headers={"X-Task-Id": task_id, "Location": status_url})
 
 
 @doc("Run a prompt and wait for the whole answer", body=[PromptRequest], response=PromptResponse, tag="claude")
 async def prompt(request: Request) -> Response:
     info = await _submit(request)
     terminal = await gateway(request).runner.answer(info.task_id)
-    body = PromptResponse(info.task_id, terminal.text, terminal.model, terminal.stop_reason, terminal.usage)
-    return JSONResponse(body, headers={"X-Task-Id": info.task_id})
+    task_id = public(info.task_id)
+    body = PromptResponse(task_id, terminal.text, terminal.model, terminal.stop_reason, terminal.usage)
+    return JSONResponse(body, headers={"X-Task-Id": task_id})
 
 
 @doc("Start a task (or queue one with your task_id)", body=[PromptRequest], response=Accepted, status=202, tag="claude")
@@ -78,24 +82,24 @@ async def prompt_async(request: Request) -> Response:
 
 
 async def _task(request: Request) -> TaskInfo:
-    task_id = request.path_params["task_id"]
+    task_id = path_task_id(request)
     info = await gateway(request).store.get_task(task_id)
     if info is None:
-        raise NotFound(f"no task {task_id} (unknown or expired)")
+        raise NotFound(f"no task {public(task_id)} (unknown or expired)")
     return info
 
 
 @doc("A task's status and result", response=TaskStatus, tag="claude")
 async def task_status(request: Request) -> Response:
     info = await _task(request)
-    body = TaskStatus(info.task_id, info.status, info.created_at, info.updated_at, info.result, info.error)
+    body = TaskStatus(public(info.task_id), info.status, info.created_at, info.updated_at, info.result, info.error)
     return JSONResponse(body)
 
 
 @doc("Cancel a task wherever it runs", response=CancelRequested, status=202, tag="claude")
 async def cancel_task(request: Request) -> Response:
-    info = await gateway(request).runner.cancel(request.path_params["task_id"])
-    return JSONResponse(CancelRequested(info.task_id, info.status, True), status_code=202)
+    info = await gateway(request).runner.cancel(path_task_id(request))
+    return JSONResponse(CancelRequested(public(info.task_id), info.status, True), status_code=202)
 
 
 @doc("Stream a task's events (from any replica)", stream="native", query=["format", "last_event_id"], tag="claude")
@@ -106,21 +110,21 @@ async def subscribe(request: Request) -> Response:
     store = gateway(request).store
     if after is not None and info.finished and not await store.read(info.task_id, after):
         # Resumed after the terminal event: 204 is what makes EventSource stop reconnecting.
-        return Response(status_code=204, headers={"X-Task-Id": info.task_id})
+        return Response(status_code=204, headers={"X-Task-Id": public(info.task_id)})
     return event_stream(frames(store, info.task_id, after, dialect), info.task_id)
 
 
 async def replay_ws(websocket: WebSocket) -> None:
     """Every event after ``?after=`` as ``{id, event, data}``, live until the terminal one."""
     gw = gateway(websocket)
-    task_id = websocket.path_params["task_id"]
     await websocket.accept()
     try:
+        task_id = path_task_id(websocket)
         after = websocket.query_params.get("after") or None
         if after is not None:
             checked_event_id(after)
         if await gw.store.get_task(task_id) is None:
-            raise NotFound(f"no task {task_id} (unknown or expired)")
+            raise NotFound(f"no task {public(task_id)} (unknown or expired)")
     except GatewayError as exc:
         message = {"event": "error", "data": {"type": exc.type, "message": exc.message}}
         await websocket.send_text(msgspec.json.encode(message).decode())

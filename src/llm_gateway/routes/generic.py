@@ -19,6 +19,7 @@ from ..http import JSONResponse, decode_json, read_json, validate
 from ..openapi import doc
 from ..sse import task_stream
 from ..state import Gateway, gateway
+from ..tenants import public, tenant_of
 
 
 class GenerateResponse(msgspec.Struct, omit_defaults=True):
@@ -43,9 +44,10 @@ def answered(complete: Complete, prompt: str, task_id: str, conversation_id: str
 async def generate(request: Request) -> Response:
     gw = gateway(request)
     body = await read_json(request, GenerateRequest, gw.settings.max_body_bytes)
-    info, _ = await gw.runner.submit(None, from_text(body, gw.settings.claude_model))
+    info, _ = await gw.runner.submit(None, from_text(body, gw.settings.claude_model), tenant=tenant_of(request))
     complete = await gw.runner.answer(info.task_id)
-    return JSONResponse(answered(complete, body.prompt, info.task_id), headers={"X-Task-Id": info.task_id})
+    task_id = public(info.task_id)
+    return JSONResponse(answered(complete, body.prompt, task_id), headers={"X-Task-Id": task_id})
 
 
 @doc("One turn of a kept conversation (seed 001)", body=[ChatRequest], response=GenerateResponse, tag="generic")
@@ -54,13 +56,13 @@ async def chat(request: Request) -> Response:
     gw = gateway(request)
     body = await read_json(request, ChatRequest, gw.settings.max_body_bytes)
     conversation_id = body.conversation_id or str(uuid.uuid4())
-    task_id, complete = await gw.conversations.turn(conversation_id, body)
+    task_id, complete = await gw.conversations.turn(tenant_of(request), conversation_id, body)
     return JSONResponse(answered(complete, body.message, task_id, conversation_id), headers={"X-Task-Id": task_id})
 
 
 async def _text_stream(request: Request, body: GenerateRequest | QueryRequest) -> Response:
     gw = gateway(request)
-    info, _ = await gw.runner.submit(None, from_text(body, gw.settings.claude_model))
+    info, _ = await gw.runner.submit(None, from_text(body, gw.settings.claude_model), tenant=tenant_of(request))
     return task_stream(request, gw.store, info.task_id, "text", after=None)
 
 
@@ -89,6 +91,7 @@ async def generate_ws(websocket: WebSocket) -> None:
             try:
                 if len(raw) > gw.settings.max_body_bytes // 4 and len(raw.encode()) > gw.settings.max_body_bytes:
                     raise GatewayError("payload_too_large", f"message over {gw.settings.max_body_bytes} bytes")
+                await gw.limits.count_request(tenant_of(websocket))
                 await _answer_ws(gw, websocket, raw)
             except GatewayError as exc:
                 error: dict[str, Any] = {"event": "error", "success": False, "error": exc.message, "type": exc.type}
@@ -101,20 +104,20 @@ async def generate_ws(websocket: WebSocket) -> None:
 
 async def _answer_ws(gw: Gateway, websocket: WebSocket, raw: str) -> None:
     body = validate(decode_json(raw, "message"), WsGenerateRequest)
-    info, _ = await gw.runner.submit(None, from_text(body, gw.settings.claude_model))
+    info, _ = await gw.runner.submit(None, from_text(body, gw.settings.claude_model), tenant=tenant_of(websocket))
 
     async def send_chunk(text: str) -> None:
         await websocket.send_text(msgspec.json.encode({"event": "chunk", "chunk": text}).decode())
 
     complete = await gw.runner.answer(info.task_id, send_chunk if body.stream else None)
-    reply = answered(complete, body.prompt, info.task_id)
+    reply = answered(complete, body.prompt, public(info.task_id))
     message = {
         "event": "complete",
         "success": True,
         "response": reply.response,
         "model": reply.model,
         "tokens_used": reply.tokens_used,
-        "task_id": info.task_id,
+        "task_id": reply.task_id,
     }
     await websocket.send_text(msgspec.json.encode(message).decode())
 

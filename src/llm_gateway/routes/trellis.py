@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-import re
 from typing import Annotated, Any
 
 import msgspec
@@ -20,10 +19,10 @@ from ..http import JSONResponse, decode_json, read_body, read_json, validate
 from ..openapi import doc
 from ..sse import event_stream, frames, pick_dialect, resume_point
 from ..state import Gateway, gateway
-from ..trellis import StatusRenderer, TrellisMessage, error_message, log_id, trellis_message
+from ..tenants import tenant_of
+from ..trellis import StatusRenderer, TrellisMessage, error_message, is_piapi_id, log_id, trellis_message
 
 NonEmpty = Annotated[str, Meta(min_length=1)]
-TASK_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
 
 class TrellisInput(msgspec.Struct, kw_only=True):
@@ -61,14 +60,14 @@ async def create_task(request: Request) -> Response:
         detail = [{"loc": ["body", "input", "image"], "msg": "field required", "type": "missing"}]
         raise InvalidRequest("input.image is required", detail=detail, status=422)
     _require_trellis(gw)
-    status, answer = await gw.trellis.create(raw)
+    status, answer = await gw.trellis.create(raw, tenant_of(request))
     return JSONResponse(answer, status_code=status)
 
 
 def _checked(gw: Gateway, task_id: str) -> str:
-    """Trellis configured, and a task id fit to put in PiAPI's URL."""
+    """Trellis configured, and a task id of PiAPI's shape (fit to put in PiAPI's URL)."""
     _require_trellis(gw)
-    if not TASK_ID.fullmatch(task_id):
+    if not is_piapi_id(task_id):
         raise NotFound(f"no Trellis task {task_id[:64]!r}")
     return task_id
 
@@ -77,7 +76,7 @@ def _checked(gw: Gateway, task_id: str) -> str:
 async def task_status(request: Request) -> Response:
     gw = gateway(request)
     task_id = _checked(gw, request.path_params["task_id"])
-    if not await gw.trellis.known(task_id):
+    if not await gw.trellis.known(task_id, tenant_of(request)):
         raise NotFound(f"Trellis task {task_id} is unknown here and at PiAPI")
     return JSONResponse(trellis_message(await gw.trellis.status(task_id)))
 
@@ -87,7 +86,7 @@ async def task_events(request: Request) -> Response:
     gw = gateway(request)
     task_id = _checked(gw, request.path_params["task_id"])
     after = resume_point(request)
-    if not await gw.trellis.known(task_id):
+    if not await gw.trellis.known(task_id, tenant_of(request)):
         raise NotFound(f"Trellis task {task_id} is unknown here and at PiAPI")
     dialect = pick_dialect(request, "trellis", log_id(task_id))
 
@@ -96,7 +95,7 @@ async def task_events(request: Request) -> Response:
             async for chunk in frames(gw.store, log_id(task_id), after, dialect):
                 yield chunk
 
-    return event_stream(watched(), log_id(task_id))
+    return event_stream(watched(), task_id)
 
 
 async def task_ws(websocket: WebSocket) -> None:
@@ -106,7 +105,7 @@ async def task_ws(websocket: WebSocket) -> None:
     await websocket.accept()
     with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
         try:
-            known = await gw.trellis.known(_checked(gw, task_id))
+            known = await gw.trellis.known(_checked(gw, task_id), tenant_of(websocket))
         except GatewayError as exc:
             await _send(websocket, error_message(exc.message))
             await websocket.close()
@@ -145,8 +144,9 @@ async def webhook(request: Request) -> Response:
     if not expected or not hmac.compare_digest(offered.encode(), expected.encode()):
         raise GatewayError("unauthorized", "invalid or missing x-webhook-secret")
     body = await read_json(request, WebhookBody, gw.settings.max_body_bytes)
-    if not body.data.get("task_id"):
-        raise InvalidRequest("data.task_id is required", detail=[{"loc": ["body", "data", "task_id"]}], status=422)
+    if not isinstance(task_id := body.data.get("task_id"), str) or not is_piapi_id(task_id):
+        detail = [{"loc": ["body", "data", "task_id"], "msg": "a PiAPI task id (letters, digits and -)"}]
+        raise InvalidRequest("data.task_id is required, as PiAPI gives it", detail=detail, status=422)
     await gw.trellis.publish(body.data)
     return JSONResponse({"received": True})
 

@@ -175,6 +175,14 @@ class Values(Protocol):
 
     async def delete_value(self, key: str, *, if_equals: bytes | None = None) -> None: ...
 
+    async def count_in_window(self, key: str, *, ttl: float) -> int:
+        """Add one to the counter at ``key`` (created with ``ttl``, not extended); return its new value."""
+
+    async def claim_slot(self, key: str, member: str, *, limit: int, ttl: float) -> bool:
+        """Hold (or renew) ``member``'s slot for ``ttl`` among at most ``limit`` live ones; False if all are taken."""
+
+    async def release_slot(self, key: str, member: str) -> None: ...
+
     async def add_member(self, name: str, member: str) -> None: ...
 
     async def remove_member(self, name: str, member: str) -> None: ...

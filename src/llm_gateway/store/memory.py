@@ -59,6 +59,7 @@ class MemoryStore(LogRules):
         self._expiry: collections.deque[tuple[float, str]] = collections.deque()
         self._values: dict[str, tuple[bytes, float]] = {}
         self._sets: dict[str, set[str]] = {}
+        self._slots: dict[str, dict[str, float]] = {}
 
     def _purge_expired(self) -> None:
         now = time.monotonic()
@@ -206,6 +207,25 @@ class MemoryStore(LogRules):
         if if_equals is None or self._live_value(key) == if_equals:
             self._values.pop(key, None)
 
+    async def count_in_window(self, key: str, *, ttl: float) -> int:
+        value = self._live_value(key)
+        count = int(value or b"0") + 1
+        expires = self._values[key][1] if value is not None else time.monotonic() + ttl
+        self._values[key] = (str(count).encode(), expires)
+        return count
+
+    async def claim_slot(self, key: str, member: str, *, limit: int, ttl: float) -> bool:
+        now = time.monotonic()
+        slots = {m: deadline for m, deadline in self._slots.get(key, {}).items() if deadline > now}
+        self._slots[key] = slots
+        if member not in slots and len(slots) >= limit:
+            return False
+        slots[member] = now + ttl
+        return True
+
+    async def release_slot(self, key: str, member: str) -> None:
+        self._slots.get(key, {}).pop(member, None)
+
     async def add_member(self, name: str, member: str) -> None:
         self._sets.setdefault(name, set()).add(member)
 
@@ -217,6 +237,7 @@ class MemoryStore(LogRules):
 
     async def close(self) -> None:
         self._sets.clear()
+        self._slots.clear()
         self._logs.clear()
         self._values.clear()
 

@@ -237,6 +237,19 @@ class RedisStore(LogRules):
             else:
                 await self._lua.delete_if(keys=[self._keys.value(key)], args=[if_equals])
 
+    async def count_in_window(self, key: str, *, ttl: float) -> int:
+        async with asyncio.timeout(COMMAND_TIMEOUT):
+            return int(await self._lua.count_in_window(keys=[self._keys.value(key)], args=[max(1, int(ttl * 1000))]))
+
+    async def claim_slot(self, key: str, member: str, *, limit: int, ttl: float) -> bool:
+        async with asyncio.timeout(COMMAND_TIMEOUT):
+            args: list[str | int] = [member, limit, max(1, int(ttl * 1000))]
+            return bool(await self._lua.claim_slot(keys=[self._keys.value(key)], args=args))
+
+    async def release_slot(self, key: str, member: str) -> None:
+        async with asyncio.timeout(COMMAND_TIMEOUT):
+            await self._redis.zrem(self._keys.value(key), member)
+
     async def add_member(self, name: str, member: str) -> None:
         async with asyncio.timeout(COMMAND_TIMEOUT):
             await self._redis.sadd(self._keys.value(name), member)

@@ -93,6 +93,25 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+COUNT_IN_WINDOW = """
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return n
+"""
+
+# KEYS[1] a zset member -> deadline (server ms); ARGV member, limit, ttl ms. Lapsed slots are dropped first.
+CLAIM_SLOT = """
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
 
 class Scripts:
     """The scripts, registered on one client (each runs by EVALSHA, loaded again if the server forgot it)."""
@@ -107,3 +126,5 @@ class Scripts:
         self.request_cancel = client.register_script(REQUEST_CANCEL)
         self.refresh_if = client.register_script(REFRESH_IF)
         self.delete_if = client.register_script(DELETE_IF)
+        self.count_in_window = client.register_script(COUNT_IN_WINDOW)
+        self.claim_slot = client.register_script(CLAIM_SLOT)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .client import PiAPIClient
+from .client import PiAPIClient, is_piapi_id
 from .status import (
     FINAL,
     PENDING,
@@ -26,6 +26,7 @@ __all__ = [
     "TrellisTracker",
     "error_message",
     "is_final",
+    "is_piapi_id",
     "log_id",
     "to_progress",
     "trellis_message",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import quote
 
@@ -9,6 +10,13 @@ import httpx
 import msgspec
 
 from ..errors import GatewayError
+
+# PiAPI's task ids are UUIDs; anything else is refused before it reaches PiAPI's URL (``..`` would climb it).
+_PIAPI_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
+
+
+def is_piapi_id(value: str) -> bool:
+    return _PIAPI_ID.fullmatch(value) is not None
 
 
 class PiAPIClient:

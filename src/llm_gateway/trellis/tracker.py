@@ -27,7 +27,8 @@ from ..events import Complete, Error, Event, Progress, Start, TokenUsage
 from ..lease import Lease
 from ..locks import held
 from ..store import EventBatch, Store, TaskEnded
-from .client import PiAPIClient
+from ..tenants import ANONYMOUS
+from .client import PiAPIClient, is_piapi_id
 from .status import PENDING, ends, is_final, to_progress
 
 log = logging.getLogger(__name__)
@@ -69,16 +70,25 @@ class TrellisTracker:
 
     # --- entry points for the routes -------------------------------------------------------------------
 
-    async def create(self, body: bytes) -> tuple[int, Any]:
-        """Forward a create-task body to PiAPI unchanged, and track the task it creates; PiAPI's status and answer."""
+    async def create(self, body: bytes, tenant: str = ANONYMOUS) -> tuple[int, Any]:
+        """Forward a create-task body to PiAPI unchanged, and track the task it creates for ``tenant``; PiAPI's
+        status and answer."""
         status, answer = await self.client.create(body)
         task = answer.get("data") if isinstance(answer, dict) else None
-        if status == 200 and isinstance(task, dict) and task.get("task_id"):
+        if status == 200 and isinstance(task, dict) and is_piapi_id(task_id := str(task.get("task_id", ""))):
+            owner_ttl = self.max_wait + 86_400  # outlives the task's log
+            await self.store.set_value(keys.trellis_owner(task_id), tenant.encode(), ttl=owner_ttl)
             await self._track(task)
         return status, answer
 
-    async def known(self, task_id: str) -> bool:
-        """True once the task has a log; an unknown id is asked of PiAPI once (not hung on)."""
+    async def known(self, task_id: str, tenant: str = ANONYMOUS) -> bool:
+        """True once the task has a log and is ``tenant``'s; an unknown id is asked of PiAPI once (not hung on).
+
+        A tenant sees only the tasks it created here; PiAPI is asked about other ids only without tenants.
+        """
+        owner = await self.store.get_value(keys.trellis_owner(task_id))
+        if (owner or b"").decode() != tenant:
+            return False
         if await self.store.get_task(log_id(task_id)) is not None:
             return True
         data = await self.client.get(task_id)
