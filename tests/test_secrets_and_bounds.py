@@ -15,7 +15,8 @@ from llm_gateway.content import Message, assistant, user
 from llm_gateway.conversations import newest
 from llm_gateway.providers.base import error_from_upstream
 from llm_gateway.redact import mask_query, mask_url, scrub
-from tests.conftest import Emulator, GatewayFactory
+from tests.conftest import EMULATOR_KEY, Emulator, GatewayFactory
+from tests.test_trellis import create_body
 
 
 def test_scrub_hides_keys_an_upstream_echoes() -> None:
@@ -104,3 +105,33 @@ async def test_websocket_messages_over_max_body_bytes_are_refused_and_the_socket
             answered = json.loads(await ws.recv())
     assert refused["event"] == "error" and refused["type"] == "payload_too_large"
     assert answered["event"] == "complete" and answered["success"] is True
+
+
+async def test_ids_never_reach_a_path_or_header_unchecked(gateway_factory: GatewayFactory, emulator: Emulator) -> None:
+    settings = {
+        "trellis_api_key": EMULATOR_KEY,
+        "trellis_base_url": emulator.url,
+        "trellis_webhook_secret": "hook-secret",
+    }
+    async with gateway_factory(**settings) as url, httpx.AsyncClient(base_url=url) as client:
+        created = await client.post("/api/trellis/task", json=create_body())
+        piapi_id = created.json()["data"]["task_id"]
+        climb = await client.get("/api/trellis/task/..")
+        dotted = await client.get("/api/trellis/task/a.b")
+        hooks = [
+            await client.post(
+                "/api/trellis/webhook",
+                json={"data": {"task_id": bad, "status": "completed"}},
+                headers={"x-webhook-secret": "hook-secret"},
+            )
+            for bad in ("abc\r\nX-Injected: 1", "tâche-ünï", "../x", "")
+        ]
+        # A Claude task id shaped like a Trellis log's name reads no Trellis log.
+        claude = await client.get(f"/api/claude/task/trellis:{piapi_id}")
+        newline = await client.post("/api/claude/queue", json={"prompt": "x", "task_id": "abc\n"})
+    assert climb.status_code == 404 and dotted.status_code == 404
+    assert set(emulator.stats.piapi_gets_by_task) <= {piapi_id}, "no malformed id reached PiAPI"
+    for hook in hooks:
+        assert hook.status_code == 422 and hook.json()["type"] == "invalid_request"
+    assert claude.status_code == 404
+    assert newline.status_code == 422
