@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -22,15 +21,9 @@ from llm_gateway.emulator import EmulatorStats, create_emulator_app
 from llm_gateway.store import Store
 from llm_gateway.store.memory import MemoryStore
 from llm_gateway.store.redis import RedisStore
-from tests.servers import serve
+from tests.servers import free_port, serve
 
 EMULATOR_KEY = "sk-ant-test-0123456789abcdefghijklmnop"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def redis_server_binary() -> str:

@@ -1,14 +1,25 @@
-"""Real servers for tests: an ASGI app on uvicorn over a real loopback socket."""
+"""Real servers for tests: an ASGI app on uvicorn over a real loopback socket, or a gateway process."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator
 
+import httpx
 import uvicorn
 from starlette.types import ASGIApp
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 @contextlib.asynccontextmanager
@@ -40,3 +51,36 @@ async def serve(app: ASGIApp, *, lifespan: str = "on") -> AsyncIterator[str]:
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(task, timeout=10)
         sock.close()
+
+
+@contextlib.asynccontextmanager
+async def replica_process(env: dict[str, str]) -> AsyncIterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A gateway process (``python -m llm_gateway``) configured by ``env``; yields its base URL and process."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "llm_gateway", "--env-file", os.devnull],
+        env={**env, "API_HOST": "127.0.0.1", "API_PORT": str(port)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient() as client:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    if (await client.get(f"{url}/health")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert process.poll() is None, "replica exited at start-up"
+                assert time.monotonic() < deadline, "replica did not start"
+                await asyncio.sleep(0.1)
+        yield url, process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()

@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -19,43 +15,11 @@ from llm_gateway.emulator import emulated_text
 from llm_gateway.events import Error
 from llm_gateway.store import parse_event_id
 from llm_gateway.store.redis import RedisStore
-from tests.conftest import REPLICA_LEASE_SECONDS, Emulator, free_port, gateway_settings
-from tests.servers import serve
+from tests.conftest import REPLICA_LEASE_SECONDS, Emulator, gateway_settings
+from tests.servers import replica_process, serve
 from tests.sse_client import Frame, frames, read_all
 
 LEASE = REPLICA_LEASE_SECONDS
-
-
-@asynccontextmanager
-async def replica_process(env: dict[str, str]) -> AsyncIterator[tuple[str, subprocess.Popen[bytes]]]:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "llm_gateway", "--env-file", os.devnull],
-        env={**env, "API_HOST": "127.0.0.1", "API_PORT": str(port)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        async with httpx.AsyncClient() as client:
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    if (await client.get(f"{url}/health")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert process.poll() is None, "replica exited at start-up"
-                assert time.monotonic() < deadline, "replica did not start"
-                await asyncio.sleep(0.1)
-        yield url, process
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
 
 
 def chunk_text(got: list[Frame]) -> str:

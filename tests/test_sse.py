@@ -42,12 +42,40 @@ async def test_a_disconnect_ends_the_response_and_closes_the_body() -> None:
             gone.set()
 
     async with asyncio.timeout(5):
-        await EventStreamResponse(endless(), {"X-Task-Id": "t"})(SCOPE, receive, send)
+        await EventStreamResponse(endless(), {"X-Task-Id": "t"}, asyncio.Event())(SCOPE, receive, send)
     assert closed.is_set()
     assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 200
     headers = dict(sent[0]["headers"])
     assert headers[b"content-type"].startswith(b"text/event-stream") and headers[b"x-task-id"] == b"t"
     assert b"content-length" not in headers
+
+
+async def test_a_release_ends_the_stream_with_retry_after_the_last_whole_frame() -> None:
+    closed, released, stay = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    sent: list[Message] = []
+
+    async def endless() -> AsyncIterator[bytes]:
+        try:
+            for n in range(1000):
+                yield b"id: %d\ndata: x\n\n" % n
+        finally:
+            closed.set()
+
+    async def receive() -> dict[str, Any]:
+        await stay.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        if len(sent) == 3:
+            released.set()
+        await asyncio.sleep(0.01)  # a slow client: the release lands while a frame waits to be sent
+        sent.append(message)
+
+    async with asyncio.timeout(5):
+        await EventStreamResponse(endless(), {}, released)(SCOPE, receive, send)
+    assert closed.is_set()
+    assert [m["body"] for m in sent[1:]] == [b"id: 0\ndata: x\n\n", b"id: 1\ndata: x\n\n", b"retry: 500\n\n"]
+    assert sent[-1]["more_body"] is False
 
 
 async def test_keepalive_comments_while_the_log_is_idle() -> None:

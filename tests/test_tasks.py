@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from llm_gateway.content import user
+from llm_gateway.errors import GatewayError
 from llm_gateway.events import Complete, Error, Text
 from llm_gateway.providers import GenerationRequest
 from llm_gateway.providers.registry import Providers
@@ -78,3 +79,20 @@ async def test_a_task_ended_elsewhere_stops_generating(runner: TaskRunner, redis
     assert isinstance(events[-1], Error), "nothing after the terminal event"
     assert sum(isinstance(e, Complete | Error) for e in events) == 1
     assert any(isinstance(e, Text) for e in events)
+
+
+async def test_the_grace_runs_from_the_drain_and_shutdown_waits_only_for_what_is_left(runner: TaskRunner) -> None:
+    info, _ = await runner.submit(None, request("slow [emu:deltas=500] [emu:delay_ms=10]"))
+    await until_running(runner, info.task_id)
+    draining = runner.drain()
+    assert runner.drain() is draining
+    with pytest.raises(GatewayError) as refused:
+        await runner.submit(None, request("too late"))
+    async with asyncio.timeout(5):
+        terminal = await runner.wait(info.task_id)
+        await asyncio.wait({draining})
+    started = asyncio.get_running_loop().time()
+    await runner.shutdown()
+    assert refused.value.type == "unavailable" and refused.value.retry_after == 1
+    assert isinstance(terminal, Error) and terminal.type == "interrupted"
+    assert asyncio.get_running_loop().time() - started < 0.2

@@ -17,8 +17,8 @@ import websockets
 from llm_gateway.config import ConfigError, from_env
 from llm_gateway.tenants import parse_keys, public, scoped
 from tests.conftest import EMULATOR_KEY, Emulator
+from tests.servers import replica_process
 from tests.sse_client import read_all
-from tests.test_replicas import replica_process
 from tests.test_trellis import create_body
 
 A = {"Authorization": "Bearer key-a"}

@@ -12,8 +12,7 @@ import uvloop
 
 from llm_gateway.emulator import create_emulator_app, emulated_text
 from llm_gateway.providers.transport import LeanTransport
-from tests.conftest import free_port
-from tests.servers import serve
+from tests.servers import free_port, serve
 
 MODEL = "claude-emulated-1"
 

@@ -19,8 +19,8 @@ from llm_gateway.emulator import piapi_model_url
 from llm_gateway.events import Error, Event, Progress, Start
 from llm_gateway.trellis import PENDING, StatusRenderer, TrellisMessage, to_progress
 from tests.conftest import EMULATOR_KEY, Emulator, GatewayFactory
+from tests.servers import replica_process
 from tests.sse_client import frames
-from tests.test_replicas import replica_process
 
 SECRET = "whsec-test-0123456789"
 

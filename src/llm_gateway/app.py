@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
@@ -22,7 +22,7 @@ from .errors import ErrorType, GatewayError
 from .http import error_response
 from .providers.registry import Providers
 from .routes import chat, claude, generic, meta, trellis as trellis_routes
-from .state import Gateway
+from .state import DRAIN, Gateway
 from .store import Store, open_store
 from .tasks import TaskRunner
 from .tenants import TenantLimits
@@ -116,10 +116,10 @@ def create_app(
     redact_client_keys_in_logs()
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Callable[[], Awaitable[None]]]]:
         async with contextlib.AsyncExitStack() as stack:
-            app.state.gateway = await open_gateway(settings, stack, store=store, providers=providers)
-            yield
+            app.state.gateway = gw = await open_gateway(settings, stack, store=store, providers=providers)
+            yield {DRAIN: gw.drain}  # for server.GatewayServer, through the lifespan state
 
     middleware = [
         Middleware(

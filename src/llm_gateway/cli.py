@@ -20,7 +20,9 @@ DEMO_KEY = "demo-key-not-a-secret"
 def _uvicorn_config(app: object, settings: Settings, **overrides: object) -> uvicorn.Config:
     options: dict[str, object] = {
         "log_level": settings.log_level.lower(),
-        "timeout_graceful_shutdown": max(1.0, settings.shutdown_grace_seconds),
+        # A request waiting for its generation's answer (POST /api/claude/prompt) gets it, or its interrupted
+        # error, within the grace: one second more to send it.
+        "timeout_graceful_shutdown": settings.shutdown_grace_seconds + 1,
         "ws": "websockets-sansio",
         # Messages over MAX_BODY_BYTES get a payload_too_large reply from the route; far over it, close 1009.
         "ws_max_size": 4 * settings.max_body_bytes,
@@ -33,20 +35,24 @@ def _uvicorn_config(app: object, settings: Settings, **overrides: object) -> uvi
 def serve(settings: Settings, host: str, port: int) -> None:
     if settings.workers > 1:
         # Each worker builds its own app from the environment (factory), sharing state through Redis.
+        from .server import GatewayServer
+
         config = _uvicorn_config(
             "llm_gateway.app:create_app", settings, factory=True, host=host, port=port, workers=settings.workers
         )
-        uvicorn.Server(config).run()
+        GatewayServer(config).run()
         return
     from .app import create_app
+    from .server import GatewayServer
 
-    uvicorn.Server(_uvicorn_config(create_app(settings), settings, host=host, port=port)).run()
+    GatewayServer(_uvicorn_config(create_app(settings), settings, host=host, port=port)).run()
 
 
 async def demo(settings: Settings, host: str, port: int) -> None:
     """The gateway with the emulator as its upstreams (Claude, PiAPI), in one process: no API key needed."""
     from .app import create_app
     from .emulator import create_emulator_app
+    from .server import GatewayServer
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -62,7 +68,7 @@ async def demo(settings: Settings, host: str, port: int) -> None:
             "trellis_base_url": emulator_url,
         }
     )
-    gateway = uvicorn.Server(_uvicorn_config(create_app(settings), settings, host=host, port=port))
+    gateway = GatewayServer(_uvicorn_config(create_app(settings), settings, host=host, port=port))
     print(f"llm-gateway demo: emulated Claude at {emulator_url}, gateway on http://{host}:{port}", file=sys.stderr)
     emulator_task = asyncio.create_task(emulator.serve(sockets=[sock]))
     try:

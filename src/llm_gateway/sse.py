@@ -13,10 +13,14 @@ from starlette.types import Receive, Scope, Send
 from .aio import cancel_and_wait
 from .dialects import DIALECTS, Dialect
 from .errors import InvalidRequest
+from .state import Gateway
 from .store import EventLog, MalformedEventId, parse_event_id
 from .tenants import public
 
 KEEPALIVE_SECONDS = 15.0
+# A released stream's last field: come back in half a second, when the stopping replica has closed its
+# listener and the load balancer sends the client elsewhere.
+RELEASED = b"retry: 500\n\n"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
 
 
@@ -70,19 +74,22 @@ async def frames(
 
 
 class EventStreamResponse(Response):
-    """Streams ``body`` until it ends or the client goes away.
+    """Streams ``body`` until it ends, the client goes away, or ``released`` is set.
 
-    Unlike StreamingResponse this watches for the disconnect with one plain task, not an anyio task group
-    per response (measured: ~0.3 ms of CPU per stream). A disconnect cancels the stream and ends the
-    response quietly; any other cancellation (shutdown) propagates.
+    Unlike StreamingResponse this watches with two plain tasks, not an anyio task group per response
+    (measured: ~0.3 ms of CPU per stream; a plain watcher task ~0.02 ms). A disconnect cancels the stream
+    and ends the response quietly. ``released`` (the replica is stopping) cancels it too, never inside a
+    frame since a frame is one send, and ends it with ``retry:``: the client comes back with Last-Event-ID,
+    to another replica. Any other cancellation (shutdown) propagates.
     """
 
     media_type = "text/event-stream"
 
-    def __init__(self, body: AsyncIterator[bytes], headers: dict[str, str]) -> None:
+    def __init__(self, body: AsyncIterator[bytes], headers: dict[str, str], released: asyncio.Event) -> None:
         self.status_code = 200
         self.background = None
         self.body_iterator = body
+        self.released = released
         self.raw_headers = [(b"content-type", b"text/event-stream; charset=utf-8")] + [
             (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()
         ]
@@ -90,28 +97,40 @@ class EventStreamResponse(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         streaming = asyncio.current_task()
         assert streaming is not None
-        disconnected = False
+        sending = True
+        stopped_by: str | None = None
+
+        def stop(why: str) -> None:
+            nonlocal stopped_by
+            if sending and stopped_by is None:
+                stopped_by = why
+                streaming.cancel()
 
         async def watch() -> None:
-            nonlocal disconnected
             while (await receive())["type"] != "http.disconnect":
                 pass
-            disconnected = True
-            streaming.cancel()
+            stop("disconnect")
 
-        watcher = asyncio.create_task(watch())
+        async def release() -> None:
+            await self.released.wait()
+            stop("release")
+
+        watchers = [asyncio.create_task(watch()), asyncio.create_task(release())]
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
             async for chunk in self.body_iterator:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
-            if not disconnected:
+            if stopped_by is None:
                 raise
             streaming.uncancel()
         finally:
-            await cancel_and_wait(watcher)
+            sending = False
+            await cancel_and_wait(*watchers)
             await aclose(self.body_iterator)
+        if stopped_by != "disconnect":
+            tail = RELEASED if stopped_by == "release" else b""
+            await send({"type": "http.response.body", "body": tail, "more_body": False})
 
 
 async def aclose(iterator: AsyncIterator[Any]) -> None:
@@ -120,13 +139,13 @@ async def aclose(iterator: AsyncIterator[Any]) -> None:
         await close()
 
 
-def event_stream(body: AsyncIterator[bytes], task_id: str) -> EventStreamResponse:
-    return EventStreamResponse(body, {**SSE_HEADERS, "X-Task-Id": public(task_id)})
+def event_stream(body: AsyncIterator[bytes], task_id: str, released: asyncio.Event) -> EventStreamResponse:
+    return EventStreamResponse(body, {**SSE_HEADERS, "X-Task-Id": public(task_id)}, released)
 
 
 def task_stream(
-    request: Request, store: EventLog, task_id: str, default: str, *, after: str | None, thread_id: str = ""
+    request: Request, gw: Gateway, task_id: str, default: str, *, after: str | None, thread_id: str = ""
 ) -> EventStreamResponse:
     """A task's log as SSE, in the dialect the request asks for (``?format=``) or ``default``."""
     dialect = pick_dialect(request, default, task_id, thread_id)
-    return event_stream(frames(store, task_id, after, dialect), task_id)
+    return event_stream(frames(gw.store, task_id, after, dialect), task_id, gw.released)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 
 from starlette.requests import HTTPConnection
 
@@ -11,9 +12,13 @@ from .config import Settings
 from .conversations import Conversations
 from .providers.registry import Providers
 from .store import Store
+from .store.memory import MemoryStore
 from .tasks import TaskRunner
 from .tenants import TenantLimits
 from .trellis import TrellisTracker
+
+# The lifespan state key of ``Gateway.drain``, which the server awaits as it begins to stop.
+DRAIN = "llm_gateway.drain"
 
 
 @dataclass(frozen=True)
@@ -26,6 +31,18 @@ class Gateway:
     answers: AnswerCache
     conversations: Conversations
     limits: TenantLimits
+    # Set when this replica's streaming clients should let go (SSE ends with retry:) and come back elsewhere.
+    released: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def drain(self) -> None:
+        """The process is stopping (API.md §2 "Shutdown"): refuse new generations, let the running ones go on
+        for the grace, and release the streaming clients as soon as they can read on elsewhere."""
+        wound_down = self.runner.drain()
+        if isinstance(self.store, MemoryStore):
+            # No other replica can serve this store's logs: clients stay until every generation has ended
+            # (the runner bounds that by the grace).
+            await asyncio.wait({wound_down})
+        self.released.set()
 
 
 def gateway(connection: HTTPConnection) -> Gateway:

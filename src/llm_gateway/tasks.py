@@ -1,8 +1,9 @@
 """TaskRunner: runs each generation as an owned asyncio task that writes its event log and status.
 
 Lifecycle: ``start()`` opens the lease/reaper loop and the cancel listener; ``submit()`` creates a task
-(idempotent by id) and starts its generation; ``shutdown()`` refuses new work, gives running generations
-``grace`` seconds, then ends the rest with ``error{interrupted}`` so no subscriber waits forever.
+(idempotent by id) and starts its generation; ``drain()`` refuses new work, gives running generations
+``grace`` seconds, then ends the rest with ``error{interrupted}`` so no subscriber waits forever;
+``shutdown()`` drains (if nothing did yet), waits for that, and stops the loops.
 """
 
 from __future__ import annotations
@@ -110,6 +111,7 @@ class TaskRunner:
         self._reserved = 0
         self._accepting = False
         self._loops: list[asyncio.Task[None]] = []
+        self._draining: asyncio.Task[None] | None = None
 
     @property
     def running_count(self) -> int:
@@ -192,18 +194,28 @@ class TaskRunner:
             raise GatewayError(terminal.type, terminal.message, retry_after=retry_after)
         return terminal
 
+    def drain(self) -> asyncio.Task[None]:
+        """Refuse new work from now on; the grace of running generations starts now (once, however often
+        this is called). The task returned ends when every generation has ended."""
+        if self._draining is None:
+            self._accepting = False
+            self._draining = asyncio.create_task(self._wind_down(), name="wind-down")
+        return self._draining
+
     async def shutdown(self) -> None:
-        self._accepting = False
+        await self.drain()
+        await cancel_and_wait(*self._loops)
+        self._loops.clear()
+
+    async def _wind_down(self) -> None:
         pending = set(self._running.values())
         if pending:
             log.info("waiting up to %.1fs for %d running generations", self.grace_seconds, len(pending))
-            _, pending = await asyncio.wait(pending, timeout=self.grace_seconds)
+            await asyncio.wait(pending, timeout=self.grace_seconds)
         for task_id in list(self._running):
             self._cancel_local(task_id, "interrupted")
-        if pending:
-            await asyncio.wait(pending, timeout=5.0)
-        await cancel_and_wait(*self._loops)
-        self._loops.clear()
+        if self._running:
+            await asyncio.wait(set(self._running.values()), timeout=5.0)
 
     def _cancel_local(self, task_id: str, reason: CancelReason) -> bool:
         task = self._running.get(task_id)

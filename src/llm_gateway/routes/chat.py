@@ -46,20 +46,20 @@ async def chat(request: Request) -> Response:
 async def _question(request: Request, gw: Gateway, body: QuestionRequest) -> Response:
     generation = from_text(body, gw.settings.claude_model)
     info = await gw.answers.task_for(tenant_of(request), generation, use_cache=body.use_cache)
-    return task_stream(request, gw.store, info.task_id, "status", after=resume_point(request))
+    return task_stream(request, gw, info.task_id, "status", after=resume_point(request))
 
 
 async def _agent_run(request: Request, gw: Gateway, body: RunAgentInput) -> Response:
     generation = from_client_messages(body, gw.settings.claude_model)
     # The run id is the task id: the client's re-POST of the same run (with Last-Event-ID) attaches to it.
     info, _ = await gw.runner.submit(body.runId, generation, tenant=tenant_of(request), thread_id=body.threadId)
-    return task_stream(request, gw.store, info.task_id, "agui", after=resume_point(request), thread_id=body.threadId)
+    return task_stream(request, gw, info.task_id, "agui", after=resume_point(request), thread_id=body.threadId)
 
 
 async def _legacy(request: Request, gw: Gateway, body: MessagesRequest) -> Response:
     generation = from_client_messages(body, gw.settings.claude_model)
     info, _ = await gw.runner.submit(None, generation, tenant=tenant_of(request))
-    return task_stream(request, gw.store, info.task_id, "tanstack", after=resume_point(request))
+    return task_stream(request, gw, info.task_id, "tanstack", after=resume_point(request))
 
 
 @doc("Join an AG-UI run (joinRun)", stream="agui", query=["runId", "offset", "threadId", "format"], tag="chat")
@@ -77,7 +77,7 @@ async def join_run(request: Request) -> Response:
     if after is not None:
         checked_event_id(after)  # a bad offset is a 400 now, not a broken stream later
     thread_id = request.query_params.get("threadId", "")
-    return task_stream(request, gw.store, info.task_id, "agui", after=after, thread_id=thread_id)
+    return task_stream(request, gw, info.task_id, "agui", after=after, thread_id=thread_id)
 
 
 routes = [Route("/chat", chat, methods=["POST"]), Route("/chat", join_run, methods=["GET"])]

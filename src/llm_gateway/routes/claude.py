@@ -107,11 +107,11 @@ async def subscribe(request: Request) -> Response:
     after = resume_point(request)
     info = await _task(request)
     dialect = pick_dialect(request, "native", info.task_id)
-    store = gateway(request).store
-    if after is not None and info.finished and not await store.read(info.task_id, after):
+    gw = gateway(request)
+    if after is not None and info.finished and not await gw.store.read(info.task_id, after):
         # Resumed after the terminal event: 204 is what makes EventSource stop reconnecting.
         return Response(status_code=204, headers={"X-Task-Id": public(info.task_id)})
-    return event_stream(frames(store, info.task_id, after, dialect), info.task_id)
+    return event_stream(frames(gw.store, info.task_id, after, dialect), info.task_id, gw.released)
 
 
 async def replay_ws(websocket: WebSocket) -> None:

@@ -63,7 +63,7 @@ async def chat(request: Request) -> Response:
 async def _text_stream(request: Request, body: GenerateRequest | QueryRequest) -> Response:
     gw = gateway(request)
     info, _ = await gw.runner.submit(None, from_text(body, gw.settings.claude_model), tenant=tenant_of(request))
-    return task_stream(request, gw.store, info.task_id, "text", after=None)
+    return task_stream(request, gw, info.task_id, "text", after=None)
 
 
 @doc("Stream generated text (seed 001)", body=[GenerateRequest], stream="text", query=["format"], tag="generic")

@@ -95,7 +95,7 @@ async def task_events(request: Request) -> Response:
             async for chunk in frames(gw.store, log_id(task_id), after, dialect):
                 yield chunk
 
-    return event_stream(watched(), task_id)
+    return event_stream(watched(), task_id, gw.released)
 
 
 async def task_ws(websocket: WebSocket) -> None:
