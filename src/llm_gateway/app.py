@@ -20,6 +20,8 @@ from .config import Settings, from_env
 from .conversations import Conversations
 from .errors import ErrorType, GatewayError
 from .http import error_response
+from .logs import RequestIdMiddleware
+from .metrics import STORE_ERRORS, RequestMetrics
 from .providers.registry import Providers
 from .routes import chat, claude, generic, meta, trellis as trellis_routes
 from .state import DRAIN, Gateway
@@ -48,6 +50,7 @@ async def http_error(request: Request, exc: Exception) -> Response:
 
 
 async def store_unavailable(request: Request, exc: Exception) -> Response:
+    STORE_ERRORS.inc()
     log.warning("store unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
     return error_response(GatewayError("unavailable", "the store is unavailable; try again shortly", retry_after=1))
 
@@ -122,12 +125,14 @@ def create_app(
             yield {DRAIN: gw.drain}  # for server.GatewayServer, through the lifespan state
 
     middleware = [
+        Middleware(RequestMetrics),
+        Middleware(RequestIdMiddleware),
         Middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origin_list,
             allow_methods=["*"],
             allow_headers=["*"],
-            expose_headers=["X-Task-Id", "Retry-After", "Location"],
+            expose_headers=["X-Task-Id", "X-Request-Id", "Retry-After", "Location"],
         ),
         Middleware(ClientKeyMiddleware, tenants=settings.client_tenants),
     ]

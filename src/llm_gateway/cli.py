@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import socket
 import sys
@@ -12,6 +11,7 @@ from collections.abc import Sequence
 
 import uvicorn
 
+from . import logs
 from .config import ConfigError, Settings, from_env, parse_env_file
 
 DEMO_KEY = "demo-key-not-a-secret"
@@ -27,6 +27,8 @@ def _uvicorn_config(app: object, settings: Settings, **overrides: object) -> uvi
         # Messages over MAX_BODY_BYTES get a payload_too_large reply from the route; far over it, close 1009.
         "ws_max_size": 4 * settings.max_body_bytes,
         "proxy_headers": True,
+        # JSON logs: uvicorn's loggers hand their records to ours (its own config would print text).
+        **({"log_config": None} if settings.log_format == "json" else {}),
         **overrides,
     }
     return uvicorn.Config(app, **options)  # type: ignore[arg-type]
@@ -109,9 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"llm-gateway: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "httpx2"):  # one INFO line per upstream request is noise at this volume
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    logs.configure(settings.log_level, settings.log_format)
     host = args.host or settings.api_host
     port = args.port if args.port is not None else settings.api_port
     if args.demo:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta
@@ -59,6 +59,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     tenant_max_concurrent: PositiveInt | None = None
     tenant_rpm: PositiveInt | None = None
     log_level: str = "info"
+    log_format: Literal["text", "json"] = "text"
 
     def __post_init__(self) -> None:
         if problems := self.problems():

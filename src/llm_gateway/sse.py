@@ -13,6 +13,7 @@ from starlette.types import Receive, Scope, Send
 from .aio import cancel_and_wait
 from .dialects import DIALECTS, Dialect
 from .errors import InvalidRequest
+from .metrics import STREAMS
 from .state import Gateway
 from .store import EventLog, MalformedEventId, parse_event_id
 from .tenants import public
@@ -116,6 +117,7 @@ class EventStreamResponse(Response):
             stop("release")
 
         watchers = [asyncio.create_task(watch()), asyncio.create_task(release())]
+        STREAMS.inc()
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
             async for chunk in self.body_iterator:
@@ -126,6 +128,7 @@ class EventStreamResponse(Response):
             streaming.uncancel()
         finally:
             sending = False
+            STREAMS.dec()
             await cancel_and_wait(*watchers)
             await aclose(self.body_iterator)
         if stopped_by != "disconnect":

@@ -19,6 +19,8 @@ import msgspec
 from .aio import cancel_and_wait
 from .errors import CancelReason, Conflict, GatewayError, NotFound
 from .events import Complete, Error, Event, Start, TaskInfo, Terminal, Text
+from .logs import TASK_ID
+from .metrics import GenerationClock
 from .providers import GenerationRequest, Provider
 from .store import EventLog, TaskEnded
 from .tenants import ANONYMOUS, TenantLimits, public, scoped
@@ -227,10 +229,12 @@ class TaskRunner:
         return True
 
     async def _generate(self, task_id: str, start: Start, provider: Provider, request: GenerationRequest) -> None:
+        TASK_ID.set(public(task_id))  # this generation's own context: its log lines name it
         writer = LogWriter(self.store, task_id, self.replica_id)
+        clock = GenerationClock()
         terminal: Terminal | None
         try:
-            terminal = await self._run_upstream(task_id, start, provider, request, writer)
+            terminal = await self._run_upstream(task_id, start, provider, request, writer, clock)
         except GatewayError as exc:
             terminal = Error(exc.type, exc.message, exc.retryable, exc.retry_after)
         except asyncio.CancelledError:
@@ -247,11 +251,18 @@ class TaskRunner:
         try:
             await self._finish(writer, terminal)
         finally:
+            clock.ended(terminal)
             self._finishing.discard(task_id)
             await self._release(task_id)
 
     async def _run_upstream(
-        self, task_id: str, start: Start, provider: Provider, request: GenerationRequest, writer: LogWriter
+        self,
+        task_id: str,
+        start: Start,
+        provider: Provider,
+        request: GenerationRequest,
+        writer: LogWriter,
+        clock: GenerationClock,
     ) -> Terminal | None:
         """Stream the answer into the log; the terminal event to write, or None if the task ended elsewhere."""
         model = start.model
@@ -264,6 +275,8 @@ class TaskRunner:
             async for event in provider.stream(request):
                 if isinstance(event, Complete):
                     return Complete(event.text, event.stop_reason, event.usage, model)
+                if isinstance(event, Text):
+                    clock.text()
                 await writer.write(event)
         except TaskEnded:
             log.warning("task %s was ended elsewhere (its lease lapsed); generation stopped", task_id)

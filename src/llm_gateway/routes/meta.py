@@ -10,6 +10,7 @@ from starlette.routing import BaseRoute, Route
 from .. import __version__, openapi
 from ..errors import utc_now_iso
 from ..http import JSONResponse
+from ..metrics import metrics_endpoint
 from ..openapi import doc
 from ..redact import mask_url
 from ..state import gateway
@@ -132,6 +133,7 @@ routes = [
     Route("/", index, methods=["GET"]),
     Route("/health", health, methods=["GET"]),
     Route("/auth-status", auth_status, methods=["GET"]),
+    Route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False),
     Route("/openapi.json", openapi_json, methods=["GET"], include_in_schema=False),
     Route("/docs", swagger_ui, methods=["GET"], include_in_schema=False),
     Route("/redoc", redoc, methods=["GET"], include_in_schema=False),
