@@ -34,20 +34,17 @@ def _uvicorn_config(app: object, settings: Settings, **overrides: object) -> uvi
     return uvicorn.Config(app, **options)  # type: ignore[arg-type]
 
 
-def serve(settings: Settings, host: str, port: int) -> None:
-    if settings.workers > 1:
-        # Each worker builds its own app from the environment (factory), sharing state through Redis.
-        from .server import GatewayServer
+def serve(settings: Settings, host: str, port: int, worker_fd: int | None = None) -> None:
+    if settings.workers > 1 and worker_fd is None:
+        from .workers import supervise
 
-        config = _uvicorn_config(
-            "llm_gateway.app:create_app", settings, factory=True, host=host, port=port, workers=settings.workers
-        )
-        GatewayServer(config).run()
+        supervise(settings.workers, host, port)
         return
     from .app import create_app
     from .server import GatewayServer
 
-    GatewayServer(_uvicorn_config(create_app(settings), settings, host=host, port=port)).run()
+    server = GatewayServer(_uvicorn_config(create_app(settings), settings, host=host, port=port))
+    server.run(sockets=None if worker_fd is None else [socket.socket(fileno=worker_fd)])
 
 
 async def demo(settings: Settings, host: str, port: int) -> None:
@@ -86,6 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--host", help="listen address (default API_HOST)")
     parser.add_argument("--port", type=int, help="listen port (default API_PORT)")
     parser.add_argument("--env-file", default=".env", help="settings file read under the environment (default .env)")
+    parser.add_argument("--worker-fd", type=int, help=argparse.SUPPRESS)  # a worker of WORKERS > 1: its socket
     commands = parser.add_subparsers(dest="command")
     emu = commands.add_parser("emulator", help="serve the emulated Anthropic API")
     emu.add_argument("--host", default="127.0.0.1")
@@ -120,5 +118,5 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         asyncio.run(demo(settings, host, port))
         return 0
-    serve(settings, host, port)
+    serve(settings, host, port, args.worker_fd)
     return 0
