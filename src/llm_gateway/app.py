@@ -21,7 +21,7 @@ from .conversations import Conversations
 from .errors import ErrorType, GatewayError
 from .errors_wire import wire_error_response
 from .providers.registry import Providers
-from .routes import chat, claude, generic, meta, trellis as trellis_routes
+from .routes import chat, claude, generic, meta, openai_api, trellis as trellis_routes
 from .state import Gateway
 from .store import Store, open_store
 from .tasks import TaskRunner
@@ -133,7 +133,14 @@ def create_app(
         Middleware(ClientKeyMiddleware, tenants=settings.client_tenants),
     ]
     return Starlette(
-        routes=[*meta.routes, *claude.routes, *generic.routes, *chat.routes, *trellis_routes.routes],
+        routes=[
+            *meta.routes,
+            *claude.routes,
+            *generic.routes,
+            *chat.routes,
+            *trellis_routes.routes,
+            *openai_api.routes,
+        ],
         middleware=middleware,
         exception_handlers={
             GatewayError: gateway_error,
