@@ -10,6 +10,9 @@ holding an ``error`` object, which the openai SDK raises as an ``APIError``, the
 - Our tool calls are numbered by content block; OpenAI's ``tool_calls[].index`` counts calls from 0. Only a
   call's first fragment carries its id and name. A call that got no arguments (a tool without parameters, from
   Claude) gets ``{}`` before the finish, so clients can parse them.
+- ``include_usage`` is the POST's ``stream_options``; the log does not keep it, so a re-read through
+  ``?format=openai`` always ends with the usage chunk (a client of OpenAI's stream must take a chunk without
+  choices anyway).
 - The finish reasons, Anthropic's stop reasons in OpenAI's words, are shared with the TanStack dialects.
 """
 
@@ -142,7 +145,7 @@ def error_chunk(event: Error) -> OpenAIErrorBody:
 
 
 class OpenAIDialect:
-    """The stream; ``include_usage`` as the request's ``stream_options`` asked (a subscriber always gets it)."""
+    """One stream's renderer; it counts the tool calls it has seen, so it is primed on resume."""
 
     stateful = True
 
