@@ -177,3 +177,7 @@ async def test_resume_mid_stream_in_every_dialect(gateway: str, dialect: str) ->
             or (dialect == "native" and f.event == "chunk")
         )
         assert text == emulated_text(prompt, 30)
+    if dialect == "openai":
+        chunks = [json.loads(f.data) for f in whole if f.data != "[DONE]"]
+        text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+        assert text == emulated_text(prompt, 30)

@@ -21,12 +21,14 @@ def error_of(dialect: str, frames: list[Frame]) -> dict[str, Any]:
             return next(b for b in bodies if b["status"] == "error")
         case "tanstack":
             return dict(next(b for b in bodies if b["type"] == "error")["error"])
+        case "openai":
+            return dict(next(b for b in bodies if "error" in b)["error"])
         case _:
             run_error = next(b for b in bodies if b["type"] == "RUN_ERROR")
             return {"type": run_error["code"], **run_error["metadata"]}
 
 
-@pytest.mark.parametrize("dialect", ["native", "text", "status", "tanstack", "agui"])
+@pytest.mark.parametrize("dialect", ["native", "text", "status", "tanstack", "agui", "openai"])
 async def test_a_rate_limit_says_it_is_retryable_and_when(gateway: str, dialect: str) -> None:
     async with httpx.AsyncClient(base_url=gateway) as client:
         started = await client.post("/api/claude/prompt/async", json={"prompt": "[emu:fault=429] [emu:retry_after=3]"})

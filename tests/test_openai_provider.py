@@ -59,6 +59,11 @@ def test_body_for_a_plain_prompt() -> None:
     assert body["max_completion_tokens"] == 4096 and "max_tokens" not in body and "temperature" not in body
 
 
+def test_top_p_and_stop_sequences_pass_through() -> None:
+    body = openai_body(request([{"role": "user", "content": "hi"}], top_p=0.5, stop_sequences=["END", "STOP"]))
+    assert body["top_p"] == 0.5 and body["stop"] == ["END", "STOP"]
+
+
 def test_system_blocks_are_joined() -> None:
     system = [{"type": "text", "text": "one. "}, {"type": "text", "text": "two.", "cache_control": {"type": "x"}}]
     messages = openai_messages(request([{"role": "user", "content": "hi"}], system=system))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import httpx
@@ -29,7 +30,7 @@ async def test_every_http_route_is_described(gateway: str) -> None:
     document = await spec(gateway)
     app = create_app(gateway_settings(None))
     expected = {
-        (route.path, method.lower())
+        (re.sub(r":\w+}", "}", route.path), method.lower())  # OpenAPI's template has no convertors
         for route in app.routes
         if isinstance(route, Route) and route.include_in_schema
         for method in (route.methods or set()) - {"HEAD"}

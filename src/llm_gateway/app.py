@@ -19,11 +19,11 @@ from .auth import ClientKeyMiddleware, RedactKeysFilter, redact_client_keys_in_l
 from .config import Settings, from_env
 from .conversations import Conversations
 from .errors import ErrorType, GatewayError
-from .http import error_response
+from .errors_wire import wire_error_response
 from .logs import RequestIdMiddleware
 from .metrics import STORE_ERRORS, RequestMetrics
 from .providers.registry import Providers
-from .routes import chat, claude, generic, meta, trellis as trellis_routes
+from .routes import chat, claude, generic, meta, openai_api, trellis as trellis_routes
 from .state import DRAIN, Gateway
 from .store import Store, open_store
 from .tasks import TaskRunner
@@ -37,7 +37,7 @@ log = logging.getLogger("llm_gateway")
 
 async def gateway_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, GatewayError)
-    return error_response(exc)
+    return wire_error_response(request.scope, exc)
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
@@ -46,18 +46,19 @@ async def http_error(request: Request, exc: Exception) -> Response:
     message = {404: f"no route for {request.url.path}", 405: f"{request.method} not allowed here"}
     error = GatewayError(kinds.get(exc.status_code, "invalid_request"), message.get(exc.status_code, str(exc.detail)))
     error.status = exc.status_code
-    return error_response(error)
+    return wire_error_response(request.scope, error)
 
 
 async def store_unavailable(request: Request, exc: Exception) -> Response:
     STORE_ERRORS.inc()
     log.warning("store unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
-    return error_response(GatewayError("unavailable", "the store is unavailable; try again shortly", retry_after=1))
+    error = GatewayError("unavailable", "the store is unavailable; try again shortly", retry_after=1)
+    return wire_error_response(request.scope, error)
 
 
 async def internal_error(request: Request, exc: Exception) -> Response:
     # Starlette re-raises after this answer, and uvicorn logs the traceback: not logged twice here.
-    return error_response(GatewayError("internal", "internal server error"))
+    return wire_error_response(request.scope, GatewayError("internal", "internal server error"))
 
 
 async def open_gateway(
@@ -137,7 +138,14 @@ def create_app(
         Middleware(ClientKeyMiddleware, tenants=settings.client_tenants),
     ]
     return Starlette(
-        routes=[*meta.routes, *claude.routes, *generic.routes, *chat.routes, *trellis_routes.routes],
+        routes=[
+            *meta.routes,
+            *claude.routes,
+            *generic.routes,
+            *chat.routes,
+            *trellis_routes.routes,
+            *openai_api.routes,
+        ],
         middleware=middleware,
         exception_handlers={
             GatewayError: gateway_error,

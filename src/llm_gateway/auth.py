@@ -3,7 +3,8 @@
 With GATEWAY_API_KEYS set, a request carries its key as ``Authorization: Bearer <key>``, ``X-API-Key`` or
 ``x-api-key``; an SSE or WebSocket GET may send ``?api_key=`` instead (browsers' EventSource and WebSocket
 cannot set headers). The key's tenant goes into the ASGI scope for the routes (``tenants.tenant_of``), and each
-request counts against the tenant's TENANT_RPM.
+request counts against the tenant's TENANT_RPM. A refusal comes in the caller's wire shape (``errors_wire``), so an
+SDK pointed at ``/v1/`` raises its own authentication error.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import msgspec
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .errors import GatewayError
-from .http import error_response
+from .errors_wire import wire_error_response
 from .redact import mask_query
 from .tenants import ANONYMOUS, SCOPE_KEY
 
@@ -43,14 +44,14 @@ class ClientKeyMiddleware:
             if scope["type"] == "websocket":
                 return await send({"type": "websocket.close", "code": 4401, "reason": "unauthorized"})
             error = GatewayError("unauthorized", "missing or invalid API key: send Authorization: Bearer <key>")
-            return await error_response(error)(scope, receive, send)
+            return await wire_error_response(scope, error)(scope, receive, send)
         scope[SCOPE_KEY] = tenant
         try:
             await scope["app"].state.gateway.limits.count_request(tenant)
         except GatewayError as exc:
             if scope["type"] == "websocket":
                 return await refuse_websocket(exc, receive, send)
-            return await error_response(exc)(scope, receive, send)
+            return await wire_error_response(scope, exc)(scope, receive, send)
         await self.app(scope, receive, send)
 
     def _tenant(self, scope: Scope) -> str | None:

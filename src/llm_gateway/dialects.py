@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 import msgspec
 
+from .dialects_openai import OpenAIDialect, finish_reason
 from .events import Complete, Error, Event, Progress, Start, Text, TokenUsage, ToolCall, Usage
 from .trellis.status import StatusRenderer, trellis_message
 
@@ -172,24 +173,6 @@ class StatusDialect:
         return b""
 
 
-FINISH_REASONS = {
-    "end_turn": "stop",
-    "stop_sequence": "stop",
-    "pause_turn": "stop",
-    "max_tokens": "length",
-    "model_context_window_exceeded": "length",
-    "tool_use": "tool_calls",
-    "refusal": "content_filter",
-}
-
-
-def finish_reason(stop_reason: str | None) -> str | None:
-    """Anthropic's stop_reason as TanStack's finishReason (an OpenAI one passes through)."""
-    if stop_reason is None:
-        return None
-    return FINISH_REASONS.get(stop_reason, stop_reason if stop_reason in ("stop", "length", "tool_calls") else None)
-
-
 class TanStackDialect:
     """Seed 003: TanStack AI's legacy StreamChunks (wire-formats §3.1), then [DONE]."""
 
@@ -340,4 +323,5 @@ DIALECTS: dict[str, DialectFactory] = {
     "tanstack": lambda task_id, thread_id: TanStackDialect(task_id),
     "agui": lambda task_id, thread_id: AguiDialect(task_id, thread_id),
     "trellis": lambda task_id, thread_id: TrellisDialect(),
+    "openai": lambda task_id, thread_id: OpenAIDialect(task_id),
 }

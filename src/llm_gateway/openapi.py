@@ -16,12 +16,13 @@ import msgspec
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from . import __version__
+from .dialects import DIALECTS
 from .errors import ErrorBody
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 QUERY = {
-    "format": ("SSE dialect: native, text, status, tanstack or agui", {"type": "string"}),
+    "format": (f"SSE dialect: {', '.join(DIALECTS)}", {"type": "string"}),
     "last_event_id": ("resume after this event id (as the Last-Event-ID header)", {"type": "string"}),
     "runId": ("the AG-UI run (= task id) to join", {"type": "string"}),
     "offset": ("-1 joins from the start; an event id resumes after it", {"type": "string"}),
@@ -36,7 +37,7 @@ LAST_EVENT_ID = {
 }
 SSE_DESCRIPTION = (
     "Server-sent events. Every frame carries `id:`; `Last-Event-ID` (or `?last_event_id=`) resumes after it. "
-    "`?format=` picks the dialect: native, text, status, tanstack, agui (API.md §3)."
+    f"`?format=` picks the dialect: {', '.join(DIALECTS)} (API.md §3)."
 )
 
 
@@ -49,6 +50,8 @@ class Doc:
     stream: str | None = None  # the default SSE dialect, for event streams
     query: Sequence[str] = ()
     tag: str = ""
+    error: type[Any] = ErrorBody  # a drop-in API answers errors in its vendor's shape
+    invalid_status: int = 422
 
 
 def doc(summary: str, **details: Any) -> Callable[[F], F]:
@@ -63,6 +66,11 @@ def _json(schema: dict[str, Any]) -> dict[str, Any]:
     return {"application/json": {"schema": schema}}
 
 
+def _template(path: str) -> str:
+    """Starlette's ``/v1/models/{model:path}`` as OpenAPI's ``/v1/models/{model}``."""
+    return re.sub(r"\{(\w+):\w+\}", r"{\1}", path)
+
+
 def build(routes: Sequence[BaseRoute], *, title: str = "llm-gateway") -> dict[str, Any]:
     documented = [
         (route, method, route.endpoint.__openapi__)
@@ -72,7 +80,7 @@ def build(routes: Sequence[BaseRoute], *, title: str = "llm-gateway") -> dict[st
     ]
     types: list[Any] = [ErrorBody]
     for _, _, spec in documented:
-        types.extend(spec.body)
+        types.extend([*spec.body, spec.error])
         if spec.response is not None:
             types.append(spec.response)
     unique = list(dict.fromkeys(types))
@@ -85,7 +93,7 @@ def build(routes: Sequence[BaseRoute], *, title: str = "llm-gateway") -> dict[st
             "summary": spec.summary,
             "operationId": method.lower() + re.sub(r"[^A-Za-z0-9]+", "_", route.path).rstrip("_"),
             "tags": [spec.tag] if spec.tag else [],
-            "responses": {"default": {"description": "Error (API.md §5)", "content": _json(ref[ErrorBody])}},
+            "responses": {"default": {"description": "Error (API.md §5)", "content": _json(ref[spec.error])}},
         }
         parameters = [
             {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
@@ -102,7 +110,8 @@ def build(routes: Sequence[BaseRoute], *, title: str = "llm-gateway") -> dict[st
         if spec.body:
             body_schema = ref[spec.body[0]] if len(spec.body) == 1 else {"oneOf": [ref[t] for t in spec.body]}
             operation["requestBody"] = {"required": True, "content": _json(body_schema)}
-            operation["responses"]["422"] = {"description": "Invalid body", "content": _json(ref[ErrorBody])}
+            invalid = {"description": "Invalid body", "content": _json(ref[spec.error])}
+            operation["responses"][str(spec.invalid_status)] = invalid
         if spec.stream:
             description = f"{SSE_DESCRIPTION} Default here: `{spec.stream}`."
             content = {"text/event-stream": {"schema": {"type": "string"}}}
@@ -111,7 +120,7 @@ def build(routes: Sequence[BaseRoute], *, title: str = "llm-gateway") -> dict[st
             operation["responses"][str(spec.status)] = {"description": "OK", "content": _json(ref[spec.response])}
         else:
             operation["responses"][str(spec.status)] = {"description": "OK"}
-        paths.setdefault(route.path, {})[method.lower()] = operation
+        paths.setdefault(_template(route.path), {})[method.lower()] = operation
 
     sockets = ", ".join(f"`{r.path}`" for r in routes if isinstance(r, WebSocketRoute))
     return {

@@ -54,10 +54,11 @@ class AnthropicProvider:
                 messages=cast(Any, msgspec.to_builtins(request.messages)),
                 stream=True,
                 system=cast(Any, msgspec.to_builtins(request.system) if request.system else omit),
+                stop_sequences=request.stop_sequences or omit,
                 tools=cast(Any, request.tools or omit),
                 tool_choice=cast(Any, request.tool_choice or omit),
-                # SDK 2.x has no temperature argument; send it only when the client gave one.
-                extra_body=None if request.temperature is None else {"temperature": request.temperature},
+                # SDK 2.x has no temperature or top_p argument; each is sent only when the client gave it.
+                extra_body=sampling(request) or None,
             ) as response:
                 decoder = SSEDecoder()
                 mapper = StreamMapper(request.model)
@@ -82,6 +83,12 @@ class AnthropicProvider:
             raise GatewayError("upstream_error", f"upstream connection failed: {type(exc).__name__}") from None
         except anthropic.AnthropicError as exc:
             raise GatewayError("upstream_error", f"upstream client error: {type(exc).__name__}") from None
+
+
+def sampling(request: GenerationRequest) -> dict[str, float]:
+    """The sampling options the client gave (temperature, top_p), for the request's body."""
+    options = {"temperature": request.temperature, "top_p": request.top_p}
+    return {name: value for name, value in options.items() if value is not None}
 
 
 class StreamMapper:

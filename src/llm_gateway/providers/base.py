@@ -23,6 +23,8 @@ class GenerationRequest(msgspec.Struct, frozen=True, kw_only=True, omit_defaults
     max_tokens: int = 4096
     system: str | list[TextBlock] | None = None
     temperature: float | None = None
+    top_p: float | None = None
+    stop_sequences: list[str] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: dict[str, Any] | None = None
 
