@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from llm_gateway.content import user
-from llm_gateway.events import Complete, Error, Text
+from llm_gateway.events import Complete, Error, Start, Text
 from llm_gateway.providers import GenerationRequest
 from llm_gateway.providers.registry import Providers
 from llm_gateway.store.redis import RedisStore
@@ -78,3 +78,21 @@ async def test_a_task_ended_elsewhere_stops_generating(runner: TaskRunner, redis
     assert isinstance(events[-1], Error), "nothing after the terminal event"
     assert sum(isinstance(e, Complete | Error) for e in events) == 1
     assert any(isinstance(e, Text) for e in events)
+
+
+async def test_the_end_hook_runs_once_the_terminal_event_is_stored(runner: TaskRunner) -> None:
+    seen: list[str | None] = []
+
+    async def on_end() -> None:
+        info = await runner.store.get_task(task_id)
+        seen.append(info.status if info else None)
+        raise RuntimeError("a failing hook is logged, not the task's business")
+
+    info, _ = await runner.submit(None, request("hooked [emu:deltas=3]"), message_id="m-1", on_end=on_end)
+    task_id = info.task_id
+    async with asyncio.timeout(5):
+        while runner.running_count:
+            await asyncio.sleep(0.01)
+    start = (await runner.store.read(task_id))[0][1]
+    assert seen == ["completed"]
+    assert isinstance(start, Start) and start.message_id == "m-1"
