@@ -21,7 +21,7 @@ from .errors import ErrorBody
 F = TypeVar("F", bound=Callable[..., Any])
 
 QUERY = {
-    "format": ("SSE dialect: native, text, status, tanstack or agui", {"type": "string"}),
+    "format": ("SSE dialect: native, text, status, tanstack, agui or ui", {"type": "string"}),
     "last_event_id": ("resume after this event id (as the Last-Event-ID header)", {"type": "string"}),
     "runId": ("the AG-UI run (= task id) to join", {"type": "string"}),
     "offset": ("-1 joins from the start; an event id resumes after it", {"type": "string"}),
@@ -36,7 +36,7 @@ LAST_EVENT_ID = {
 }
 SSE_DESCRIPTION = (
     "Server-sent events. Every frame carries `id:`; `Last-Event-ID` (or `?last_event_id=`) resumes after it. "
-    "`?format=` picks the dialect: native, text, status, tanstack, agui (API.md §3)."
+    "`?format=` picks the dialect: native, text, status, tanstack, agui, ui (API.md §3)."
 )
 
 

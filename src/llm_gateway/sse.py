@@ -120,8 +120,11 @@ async def aclose(iterator: AsyncIterator[Any]) -> None:
         await close()
 
 
-def event_stream(body: AsyncIterator[bytes], task_id: str) -> EventStreamResponse:
-    return EventStreamResponse(body, {**SSE_HEADERS, "X-Task-Id": public(task_id)})
+def event_stream(
+    body: AsyncIterator[bytes], task_id: str, headers: dict[str, str] | None = None
+) -> EventStreamResponse:
+    """``headers``: the dialect's own, beside the SSE ones."""
+    return EventStreamResponse(body, {**SSE_HEADERS, "X-Task-Id": public(task_id), **(headers or {})})
 
 
 def task_stream(
@@ -129,4 +132,4 @@ def task_stream(
 ) -> EventStreamResponse:
     """A task's log as SSE, in the dialect the request asks for (``?format=``) or ``default``."""
     dialect = pick_dialect(request, default, task_id, thread_id)
-    return event_stream(frames(store, task_id, after, dialect), task_id)
+    return event_stream(frames(store, task_id, after, dialect), task_id, getattr(dialect, "headers", None))
