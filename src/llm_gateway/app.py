@@ -14,6 +14,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 
+from .ai_chats import AiChats
 from .answers import AnswerCache
 from .auth import ClientKeyMiddleware, RedactKeysFilter, redact_client_keys_in_logs
 from .config import Settings, from_env
@@ -21,7 +22,7 @@ from .conversations import Conversations
 from .errors import ErrorType, GatewayError
 from .http import error_response
 from .providers.registry import Providers
-from .routes import chat, claude, generic, meta, trellis as trellis_routes
+from .routes import ai_sdk, chat, claude, generic, meta, trellis as trellis_routes
 from .state import Gateway
 from .store import Store, open_store
 from .tasks import TaskRunner
@@ -105,7 +106,17 @@ async def open_gateway(
         lock_ttl=max(3.0, settings.task_lease_seconds * 3),
         max_messages=settings.conversation_max_messages,
     )
-    return Gateway(settings, store, providers, runner, trellis, answers, conversations, limits)
+    ai_chats = AiChats(
+        store,
+        runner,
+        limits,
+        ttl=settings.conversation_ttl_seconds,
+        default_model=settings.claude_model,
+        lock_ttl=max(3.0, settings.task_lease_seconds * 3),
+        max_messages=settings.conversation_max_messages,
+        stop_wait=settings.task_lease_seconds * 2 + 5,
+    )
+    return Gateway(settings, store, providers, runner, trellis, answers, conversations, limits, ai_chats)
 
 
 def create_app(
@@ -132,7 +143,7 @@ def create_app(
         Middleware(ClientKeyMiddleware, tenants=settings.client_tenants),
     ]
     return Starlette(
-        routes=[*meta.routes, *claude.routes, *generic.routes, *chat.routes, *trellis_routes.routes],
+        routes=[*meta.routes, *claude.routes, *generic.routes, *ai_sdk.routes, *chat.routes, *trellis_routes.routes],
         middleware=middleware,
         exception_handlers={
             GatewayError: gateway_error,

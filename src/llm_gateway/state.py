@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from starlette.requests import HTTPConnection
 
+from .ai_chats import AiChats
 from .answers import AnswerCache
 from .config import Settings
 from .conversations import Conversations
@@ -26,6 +27,7 @@ class Gateway:
     answers: AnswerCache
     conversations: Conversations
     limits: TenantLimits
+    ai_chats: AiChats
 
 
 def gateway(connection: HTTPConnection) -> Gateway:
