@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from typing import Any
@@ -138,6 +139,23 @@ async def test_tool_results_continue_the_assistant_message(gateway: str, emulato
     assert [m["id"] for m in kept] == ["u1", answer["id"]]
     assert kept[1]["parts"][: len(answer["parts"])] == answer["parts"]
     assert text_of(kept[1]) == emulated_text(prompt, 2) + emulated_text("sunny [emu:deltas=3]", 3)
+
+
+async def test_the_replica_that_ran_the_answer_keeps_it_when_it_ends(emulator: Emulator) -> None:
+    store = MemoryStore(stream_ttl=60)
+    async with serve(create_app(gateway_settings(emulator.url), store=store)) as url:
+        async with httpx.AsyncClient(base_url=url) as client:
+            await post(client, {"id": "c7", "messages": [user("u1", "quick [emu:deltas=1]")]})
+            async with asyncio.timeout(5):  # no request reads the chat: the end hook keeps the answer
+                while await store.get_value(keys.ai_chat_active("c7")) is not None:
+                    await asyncio.sleep(0.01)
+            chat = msgspec.json.decode(await store.get_value(keys.ai_chat("c7")) or b"", type=Chat)
+    assert [m.role for m in chat.messages] == ["user", "assistant"]
+    assert chat.messages[1].parts[1] == {
+        "type": "text",
+        "text": emulated_text("quick [emu:deltas=1]", 1),
+        "state": "done",
+    }
 
 
 async def test_an_answer_its_replica_never_kept_is_kept_by_the_next_reader(emulator: Emulator) -> None:

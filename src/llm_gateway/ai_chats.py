@@ -56,7 +56,8 @@ class AiChats:
             await self._save(chat_id, messages)
 
             async def keep() -> None:
-                await self.messages(tenant, body.id)
+                async with self._locked(chat_id):  # a quick end waits here until the chat names its task
+                    await self._fold(chat_id, stop=False)
 
             info, _ = await self.runner.submit(None, request, tenant=tenant, message_id=message_id, on_end=keep)
             await self.store.set_value(keys.ai_chat_active(chat_id), info.task_id.encode(), ttl=self.ttl)
