@@ -139,7 +139,7 @@ async def test_a_tool_call_arrives_as_a_tool_part(gateway: str, emulator: Emulat
 
 async def test_an_aborted_fetch_resumes_on_another_replica(replica_env: dict[str, str], emulator: Emulator) -> None:
     chat_id = new_chat_id()
-    prompt = "Tell me a long story about bridges [emu:deltas=40] [emu:delay_ms=25]"
+    prompt = "Tell me a long story about bridges [emu:deltas=60] [emu:delay_ms=25]"
     async with replica_process(replica_env) as (a, _), replica_process(replica_env) as (b, _):
         result = await run_client(
             scenario="resume",
@@ -151,7 +151,7 @@ async def test_an_aborted_fetch_resumes_on_another_replica(replica_env: dict[str
         )
         messages = await kept(b, chat_id)
 
-    whole = emulated_text(prompt, 40)
+    whole = emulated_text(prompt, 60)
     assert result["aborted"] and len(result["partial"]) < len(whole) and whole.startswith(result["partial"])
     assert result["text"] == whole and result["errors"] == []
     post, get, after_end = result["responses"]
