@@ -10,7 +10,7 @@ import pytest
 
 from llm_gateway.content import user
 from llm_gateway.errors import GatewayError
-from llm_gateway.events import Complete, Error, Text
+from llm_gateway.events import Complete, Error, Start, Text
 from llm_gateway.providers import GenerationRequest
 from llm_gateway.providers.registry import Providers
 from llm_gateway.store.redis import RedisStore
@@ -96,3 +96,21 @@ async def test_the_grace_runs_from_the_drain_and_shutdown_waits_only_for_what_is
     assert refused.value.type == "unavailable" and refused.value.retry_after == 1
     assert isinstance(terminal, Error) and terminal.type == "interrupted"
     assert asyncio.get_running_loop().time() - started < 0.2
+
+
+async def test_the_end_hook_runs_once_the_terminal_event_is_stored(runner: TaskRunner) -> None:
+    seen: list[str | None] = []
+
+    async def on_end() -> None:
+        info = await runner.store.get_task(task_id)
+        seen.append(info.status if info else None)
+        raise RuntimeError("a failing hook is logged, not the task's business")
+
+    info, _ = await runner.submit(None, request("hooked [emu:deltas=3]"), message_id="m-1", on_end=on_end)
+    task_id = info.task_id
+    async with asyncio.timeout(5):
+        while runner.running_count:
+            await asyncio.sleep(0.01)
+    start = (await runner.store.read(task_id))[0][1]
+    assert seen == ["completed"]
+    assert isinstance(start, Start) and start.message_id == "m-1"

@@ -14,6 +14,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 
+from .ai_chats import AiChats
 from .answers import AnswerCache
 from .auth import ClientKeyMiddleware, RedactKeysFilter, redact_client_keys_in_logs
 from .config import Settings, from_env
@@ -23,7 +24,7 @@ from .errors_wire import wire_error_response
 from .logs import RequestIdMiddleware
 from .metrics import STORE_ERRORS, RequestMetrics
 from .providers.registry import Providers
-from .routes import chat, claude, generic, meta, openai_api, trellis as trellis_routes
+from .routes import ai_sdk, chat, claude, generic, meta, openai_api, trellis as trellis_routes
 from .state import DRAIN, Gateway
 from .store import Store, open_store
 from .tasks import TaskRunner
@@ -109,7 +110,17 @@ async def open_gateway(
         lock_ttl=max(3.0, settings.task_lease_seconds * 3),
         max_messages=settings.conversation_max_messages,
     )
-    return Gateway(settings, store, providers, runner, trellis, answers, conversations, limits)
+    ai_chats = AiChats(
+        store,
+        runner,
+        limits,
+        ttl=settings.conversation_ttl_seconds,
+        default_model=settings.claude_model,
+        lock_ttl=max(3.0, settings.task_lease_seconds * 3),
+        max_messages=settings.conversation_max_messages,
+        stop_wait=settings.task_lease_seconds * 2 + 5,
+    )
+    return Gateway(settings, store, providers, runner, trellis, answers, conversations, limits, ai_chats)
 
 
 def create_app(
@@ -142,6 +153,7 @@ def create_app(
             *meta.routes,
             *claude.routes,
             *generic.routes,
+            *ai_sdk.routes,
             *chat.routes,
             *trellis_routes.routes,
             *openai_api.routes,

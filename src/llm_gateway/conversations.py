@@ -7,7 +7,9 @@ dropped first, so it always starts with a user turn, as the Messages API wants).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 import msgspec
 
@@ -51,9 +53,17 @@ class Conversations:
         return public(info.task_id), complete
 
 
-def newest(messages: list[Message], limit: int) -> list[Message]:
-    """The newest ``limit`` messages at most, starting with a user turn."""
-    kept = messages[-limit:]
+class _Turn(Protocol):
+    @property
+    def role(self) -> str: ...
+
+
+T = TypeVar("T", bound=_Turn)
+
+
+def newest(messages: Sequence[T], limit: int) -> list[T]:
+    """The newest ``limit`` messages at most, starting with a user turn (kept conversations and AI SDK chats)."""
+    kept = list(messages[-limit:])
     while kept and kept[0].role != "user":
         kept = kept[1:]
     return kept

@@ -123,7 +123,8 @@ DONE = b"data: [DONE]\n\n"
 
 class Dialect(Protocol):
     """Renders one stream. A stateful one (accumulated text, open messages) is primed on resume by
-    rendering, and discarding, every event up to the resume point."""
+    rendering, and discarding, every event up to the resume point. One may name response headers of its own
+    (``headers``, a dict), sent with its stream."""
 
     stateful: bool
 
@@ -316,6 +317,13 @@ class AguiDialect:
 
 DialectFactory = Callable[[str, str], Dialect]
 
+
+def _ui(task_id: str, thread_id: str) -> Dialect:
+    from .dialects_ui import UiDialect  # imported here: it builds on this module's frames
+
+    return UiDialect(task_id)
+
+
 DIALECTS: dict[str, DialectFactory] = {
     "native": lambda task_id, thread_id: NativeDialect(),
     "text": lambda task_id, thread_id: TextDialect(),
@@ -324,4 +332,5 @@ DIALECTS: dict[str, DialectFactory] = {
     "agui": lambda task_id, thread_id: AguiDialect(task_id, thread_id),
     "trellis": lambda task_id, thread_id: TrellisDialect(),
     "openai": lambda task_id, thread_id: OpenAIDialect(task_id),
+    "ui": _ui,
 }

@@ -21,6 +21,7 @@ class Start(msgspec.Struct, frozen=True, tag="start", tag_field="event", omit_de
     task_id: str
     model: str
     thread_id: str = ""  # an AG-UI client's conversation, so a later join can name it
+    message_id: str = ""  # the id an AI SDK client knows the answer by (a UIMessage's), in every replay
 
 
 class Text(msgspec.Struct, frozen=True, tag="text", tag_field="event"):

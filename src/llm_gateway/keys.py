@@ -33,6 +33,9 @@ trellis_log = Namespace("~trellis:")
 
 conversation = Namespace("conversation:")  # a conversation's history
 conversation_lock = Namespace("lock:conversation:")  # held while one turn of it runs
+ai_chat = Namespace("ai_chat:")  # an AI SDK chat's messages (UIMessages)
+ai_chat_active = Namespace("ai_chat_active:")  # the task generating the chat's answer, until it is kept
+ai_chat_lock = Namespace("lock:ai_chat:")  # held while the chat's messages change
 answer = Namespace("answer:")  # the task answering a question, by the question's digest
 trellis_watched = Namespace("trellis:watched:")  # a socket somewhere watched the Trellis task lately
 trellis_poller = Namespace("trellis:poller:")  # the replica that polls the Trellis task
@@ -45,6 +48,9 @@ tenant_running = Namespace("slots:")  # a tenant's running generations (leased s
 VALUE_NAMESPACES = (
     conversation,
     conversation_lock,
+    ai_chat,
+    ai_chat_active,
+    ai_chat_lock,
     answer,
     trellis_watched,
     trellis_poller,

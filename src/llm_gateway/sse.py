@@ -142,8 +142,11 @@ async def aclose(iterator: AsyncIterator[Any]) -> None:
         await close()
 
 
-def event_stream(body: AsyncIterator[bytes], task_id: str, released: asyncio.Event) -> EventStreamResponse:
-    return EventStreamResponse(body, {**SSE_HEADERS, "X-Task-Id": public(task_id)}, released)
+def event_stream(
+    body: AsyncIterator[bytes], task_id: str, released: asyncio.Event, headers: dict[str, str] | None = None
+) -> EventStreamResponse:
+    """``headers``: the dialect's own, beside the SSE ones."""
+    return EventStreamResponse(body, {**SSE_HEADERS, "X-Task-Id": public(task_id), **(headers or {})}, released)
 
 
 def task_stream(
@@ -151,4 +154,5 @@ def task_stream(
 ) -> EventStreamResponse:
     """A task's log as SSE, in the dialect the request asks for (``?format=``) or ``default``."""
     dialect = pick_dialect(request, default, task_id, thread_id)
-    return event_stream(frames(gw.store, task_id, after, dialect), task_id, gw.released)
+    headers = getattr(dialect, "headers", None)
+    return event_stream(frames(gw.store, task_id, after, dialect), task_id, gw.released, headers)

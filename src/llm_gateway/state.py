@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from starlette.requests import HTTPConnection
 
+from .ai_chats import AiChats
 from .answers import AnswerCache
 from .config import Settings
 from .conversations import Conversations
@@ -31,6 +32,7 @@ class Gateway:
     answers: AnswerCache
     conversations: Conversations
     limits: TenantLimits
+    ai_chats: AiChats
     # Set when this replica's streaming clients should let go (SSE ends with retry:) and come back elsewhere.
     released: asyncio.Event = field(default_factory=asyncio.Event)
 

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 ProviderResolver = Callable[[str], tuple[Provider, str]]
 TextSink = Callable[[str], Awaitable[None]]
+EndHook = Callable[[], Awaitable[object]]
 
 
 def fingerprint(request: GenerationRequest) -> str:
@@ -127,10 +128,18 @@ class TaskRunner:
         ]
 
     async def submit(
-        self, task_id: str | None, request: GenerationRequest, *, tenant: str = ANONYMOUS, thread_id: str = ""
+        self,
+        task_id: str | None,
+        request: GenerationRequest,
+        *,
+        tenant: str = ANONYMOUS,
+        thread_id: str = "",
+        message_id: str = "",
+        on_end: EndHook | None = None,
     ) -> tuple[TaskInfo, bool]:
         """Create and start a task of ``tenant`` (``task_id``: the client's, else a new one); an existing id with
-        an equal request returns that task (False). The TaskInfo's id is the scoped one (``tenants.scoped``)."""
+        an equal request returns that task (False). The TaskInfo's id is the scoped one (``tenants.scoped``).
+        ``on_end`` runs on this replica once the generation has ended and its terminal event is stored."""
         if not self._accepting:
             raise GatewayError("unavailable", "this replica is shutting down", retry_after=1)
         provider, upstream_model = self.resolve(request.model)
@@ -147,8 +156,9 @@ class TaskRunner:
                 raise Conflict(f"task {public(task_id)} exists with a different request")
             return info, False
         upstream = msgspec.structs.replace(request, model=upstream_model)
-        start = Start(public(task_id), request.model, thread_id)
-        task = asyncio.create_task(self._generate(task_id, start, provider, upstream), name=f"task-{task_id}")
+        start = Start(public(task_id), request.model, thread_id, message_id)
+        generation = self._generate(task_id, start, provider, upstream, on_end)
+        task = asyncio.create_task(generation, name=f"task-{task_id}")
         self._running[task_id] = task
         task.add_done_callback(lambda _: self._running.pop(task_id, None))
         return info, True
@@ -228,7 +238,9 @@ class TaskRunner:
             task.cancel()
         return True
 
-    async def _generate(self, task_id: str, start: Start, provider: Provider, request: GenerationRequest) -> None:
+    async def _generate(
+        self, task_id: str, start: Start, provider: Provider, request: GenerationRequest, on_end: EndHook | None
+    ) -> None:
         TASK_ID.set(public(task_id))  # this generation's own context: its log lines name it
         writer = LogWriter(self.store, task_id, self.replica_id)
         clock = GenerationClock()
@@ -249,11 +261,21 @@ class TaskRunner:
         self._finishing.add(task_id)
         self._cancel_reasons.pop(task_id, None)
         try:
-            await self._finish(writer, terminal)
+            try:
+                await self._finish(writer, terminal)
+            finally:
+                await self._release(task_id)
+            if on_end is not None:  # after the release: the tenant's slot is free for what the hook waits on
+                await self._run_hook(task_id, on_end)
         finally:
             clock.ended(terminal)
             self._finishing.discard(task_id)
-            await self._release(task_id)
+
+    async def _run_hook(self, task_id: str, on_end: EndHook) -> None:
+        try:
+            await on_end()
+        except Exception:
+            log.exception("the end hook of task %s failed", task_id)
 
     async def _run_upstream(
         self,
@@ -340,8 +362,9 @@ class TaskRunner:
             for task_id in cancelled:
                 self._cancel_local(task_id, "cancelled")
             if self.limits is not None:
+                generating = [task_id for task_id in self._running if task_id not in self._finishing]
                 async with asyncio.timeout(period):
-                    await self.limits.renew(list(self._running))
+                    await self.limits.renew(generating)  # an ended one's slot is freed, and stays free
             async with asyncio.timeout(period):
                 for task_id in await self.store.interrupt_lapsed():
                     log.warning("task %s lost its replica; ended as interrupted", task_id)

@@ -15,11 +15,13 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from ..bodies import ChatRequest, GenerateRequest, QueryRequest, WsGenerateRequest, from_text
 from ..errors import GatewayError, utc_now_iso
 from ..events import Complete
-from ..http import JSONResponse, decode_json, read_json, validate
+from ..http import JSONResponse, decode_json, read_body, read_json, validate
 from ..openapi import doc
 from ..sse import task_stream
 from ..state import Gateway, gateway
 from ..tenants import public, tenant_of
+from ..ui_messages import AiChatRequest, is_ai_sdk_chat
+from . import ai_sdk
 
 
 class GenerateResponse(msgspec.Struct, omit_defaults=True):
@@ -50,11 +52,19 @@ async def generate(request: Request) -> Response:
     return JSONResponse(answered(complete, body.prompt, task_id), headers={"X-Task-Id": task_id})
 
 
-@doc("One turn of a kept conversation (seed 001)", body=[ChatRequest], response=GenerateResponse, tag="generic")
+@doc(
+    "One turn of a kept conversation (seed 001); an AI SDK body (id, messages or message) streams `ui` instead",
+    body=[ChatRequest, AiChatRequest],
+    response=GenerateResponse,
+    tag="generic",
+)
 async def chat(request: Request) -> Response:
     """One turn of a conversation kept in the store; turns of one conversation run one after the other."""
     gw = gateway(request)
-    body = await read_json(request, ChatRequest, gw.settings.max_body_bytes)
+    data = decode_json(await read_body(request, gw.settings.max_body_bytes))
+    if is_ai_sdk_chat(data):
+        return await ai_sdk.send(request, data)
+    body = validate(data, ChatRequest)
     conversation_id = body.conversation_id or str(uuid.uuid4())
     task_id, complete = await gw.conversations.turn(tenant_of(request), conversation_id, body)
     return JSONResponse(answered(complete, body.message, task_id, conversation_id), headers={"X-Task-Id": task_id})
