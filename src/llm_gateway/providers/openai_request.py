@@ -36,6 +36,11 @@ def openai_body(request: GenerationRequest, *, max_tokens_field: str = "max_toke
     }
     if request.temperature is not None:
         body["temperature"] = request.temperature
+    if request.top_p is not None:
+        body["top_p"] = request.top_p
+    if request.stop_sequences:
+        body["stop"] = request.stop_sequences
+    # top_k, thinking and metadata have no common counterpart across the OpenAI-compatible vendors: left out.
     if request.tools:
         body["tools"] = openai_tools(request.tools)
         if request.tool_choice:
