@@ -251,7 +251,7 @@ class TaskRunner:
                 return None
             async for event in provider.stream(request):
                 if isinstance(event, Complete):
-                    return Complete(event.text, event.stop_reason, event.usage, model)
+                    return msgspec.structs.replace(event, model=model)
                 await writer.write(event)
         except TaskEnded:
             log.warning("task %s was ended elsewhere (its lease lapsed); generation stopped", task_id)

@@ -127,6 +127,7 @@ class StreamMapper:
         self.input_tokens = 0
         self.output_tokens = 0
         self.stop_reason: str | None = None
+        self.stop_sequence: str | None = None
         self.complete: Complete | None = None
 
     def feed_payloads(self, payloads: list[bytes]) -> Iterator[Event]:
@@ -172,10 +173,11 @@ class StreamMapper:
         if kind == "message_delta":
             if delta is not None:
                 self.stop_reason = delta.stop_reason or self.stop_reason
+                self.stop_sequence = delta.stop_sequence or self.stop_sequence
             if raw.usage is not None and raw.usage.output_tokens is not None:
                 self.output_tokens = raw.usage.output_tokens  # cumulative, never summed
             return [Usage(self.input_tokens, self.output_tokens)]
         if kind == "message_stop":
             totals = TokenUsage(self.input_tokens, self.output_tokens)
-            self.complete = Complete("".join(self.parts), self.stop_reason, totals, self.model)
+            self.complete = Complete("".join(self.parts), self.stop_reason, totals, self.model, self.stop_sequence)
         return []
