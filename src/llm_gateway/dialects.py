@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 import msgspec
 
+from .dialects_anthropic import AnthropicDialect
 from .events import Complete, Error, Event, Progress, Start, Text, TokenUsage, ToolCall, Usage
 from .trellis.status import StatusRenderer, trellis_message
 
@@ -340,4 +341,5 @@ DIALECTS: dict[str, DialectFactory] = {
     "tanstack": lambda task_id, thread_id: TanStackDialect(task_id),
     "agui": lambda task_id, thread_id: AguiDialect(task_id, thread_id),
     "trellis": lambda task_id, thread_id: TrellisDialect(),
+    "anthropic": lambda task_id, thread_id: AnthropicDialect(task_id),
 }
