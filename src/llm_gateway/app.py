@@ -15,13 +15,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .answers import AnswerCache
+from .anthropic_errors import AnthropicErrors
 from .auth import ClientKeyMiddleware, RedactKeysFilter, redact_client_keys_in_logs
 from .config import Settings, from_env
 from .conversations import Conversations
 from .errors import ErrorType, GatewayError
 from .http import error_response
 from .providers.registry import Providers
-from .routes import chat, claude, generic, meta, trellis as trellis_routes
+from .routes import anthropic_api, chat, claude, generic, meta, trellis as trellis_routes
 from .state import Gateway
 from .store import Store, open_store
 from .tasks import TaskRunner
@@ -129,10 +130,18 @@ def create_app(
             allow_headers=["*"],
             expose_headers=["X-Task-Id", "Retry-After", "Location"],
         ),
+        Middleware(AnthropicErrors),
         Middleware(ClientKeyMiddleware, tenants=settings.client_tenants),
     ]
     return Starlette(
-        routes=[*meta.routes, *claude.routes, *generic.routes, *chat.routes, *trellis_routes.routes],
+        routes=[
+            *meta.routes,
+            *claude.routes,
+            *generic.routes,
+            *chat.routes,
+            *trellis_routes.routes,
+            *anthropic_api.routes,
+        ],
         middleware=middleware,
         exception_handlers={
             GatewayError: gateway_error,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import email.utils
 import time
 from collections.abc import AsyncIterator
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 
@@ -37,6 +37,13 @@ class Provider(Protocol):
         """Yield ``text``/``tool_call``/``usage`` events and finally one ``complete``; raise GatewayError."""
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class TokenCounter(Protocol):
+    """A provider that can count a request's input tokens (Claude's ``count_tokens``)."""
+
+    async def count_tokens(self, request: GenerationRequest) -> int: ...
 
 
 _TYPE_BY_UPSTREAM_TYPE: dict[str, ErrorType] = {
