@@ -12,6 +12,7 @@ import httpx
 import pytest
 from anthropic.types import Message, MessageParam, TextBlock, ToolParam, ToolUseBlock
 
+from llm_gateway.anthropic_errors import AnthropicErrors
 from llm_gateway.emulator import emulated_deltas, emulated_text, emulated_tool_id, emulated_tool_input
 from tests.conftest import EMULATOR_KEY, Emulator, GatewayFactory
 from tests.sse_client import Frame, frames, read_all
@@ -334,3 +335,23 @@ async def test_tenant_rate_limits_are_rate_limit_errors(gateway_factory: Gateway
             with pytest.raises(anthropic.RateLimitError) as raised:
                 await client.messages.create(model=MODEL, max_tokens=10, messages=user("two"))
     assert raised.value.type == "rate_limit_error" and int(raised.value.response.headers["retry-after"]) >= 1
+
+
+async def test_a_store_outage_is_a_service_unavailable_error(gateway_factory: GatewayFactory) -> None:
+    async with gateway_factory(redis_url="redis://127.0.0.1:1/0") as url:
+        async with anthropic.AsyncAnthropic(base_url=url, api_key="k", max_retries=0) as client:
+            for stream in (True, False):
+                with pytest.raises(anthropic.ServiceUnavailableError) as raised:
+                    await create(client, "hi", stream)
+                assert raised.value.type == "overloaded_error" and raised.value.response.headers["retry-after"] == "1"
+
+
+async def test_an_unhandled_exception_is_anthropics_500() -> None:
+    async def broken(scope: Any, receive: Any, send: Any) -> None:
+        raise RuntimeError("a bug")
+
+    transport = httpx.ASGITransport(app=AnthropicErrors(broken), raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
+        response = await http.post("/v1/messages", json={})
+    assert response.status_code == 500
+    assert response.json() == {"type": "error", "error": {"type": "api_error", "message": "internal server error"}}
