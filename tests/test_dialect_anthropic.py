@@ -69,6 +69,18 @@ def test_the_stream_of_a_log() -> None:
     ]
 
 
+def test_a_text_delta_in_an_open_block_is_the_frame_of_its_payload() -> None:
+    dialect = AnthropicDialect("t1")
+    render(dialect, LOG[:2])
+    text = Text(0, ' "quoted", café\nnext line')
+    payload = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text.text}}
+    assert dialect.payloads(text) == [payload]
+    assert (
+        dialect.render("1-9", text)
+        == b"event: content_block_delta\nid: 1-9\ndata: " + msgspec.json.encode(payload) + b"\n\n"
+    )
+
+
 def test_an_error_replaces_the_tail() -> None:
     frames = parsed(render(AnthropicDialect("t1"), FAILED))
     assert [event for event, _, _ in frames] == ["message_start", "content_block_start", "content_block_delta", "error"]
