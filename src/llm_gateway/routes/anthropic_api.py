@@ -25,6 +25,7 @@ from ..providers import TokenCounter
 from ..sse import aclose, event_stream
 from ..state import Gateway, gateway
 from ..store import EventBatch
+from ..tasks import failure
 from ..tenants import public, tenant_of
 
 # How long a stream's answer waits for the first output before its headers go out anyway. Until then a failure
@@ -71,9 +72,9 @@ async def _stream(gw: Gateway, task_id: str) -> Response:
             opening.extend(batch)
             if any(not isinstance(event, Start) for _, event in batch):
                 break
-        if (failed := next((e for _, e in opening if not isinstance(e, Start)), None)) and isinstance(failed, Error):
-            retry_after = failed.retry_after or (1.0 if failed.type == "interrupted" else None)
-            raise GatewayError(failed.type, failed.message, retry_after=retry_after)
+        first = next((event for _, event in opening if not isinstance(event, Start)), None)
+        if isinstance(first, Error):
+            raise failure(first)
     except BaseException:
         await aclose(batches)
         raise
