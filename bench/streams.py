@@ -1,6 +1,6 @@
 """Streams through the gateway vs. straight at the emulator, in one run.
 
-    .venv/bin/python bench/streams.py --streams 400 --concurrency 20 [--redis]
+    .venv/bin/python bench/streams.py --streams 400 --concurrency 20 [--redis] [--path subscribe|query|messages]
 
 Starts the emulator and the gateway as separate processes (so their CPU can be read from /proc), runs
 N streams of D deltas each with C at a time against both, and prints streams/s, server CPU per stream
@@ -108,6 +108,14 @@ async def one_query(client: httpx.AsyncClient, url: str, body: dict[str, object]
         return await read_stream(response, start, "id: ", "data: [DONE]", deltas)
 
 
+async def one_messages(client: httpx.AsyncClient, url: str, body: dict[str, object], deltas: int) -> float:
+    """One request: POST /v1/messages answers with the stream itself, in the anthropic dialect (as the direct one)."""
+    start = time.perf_counter()
+    messages = {name: value for name, value in body.items() if name != "prompt"}
+    async with client.stream("POST", f"{url}/v1/messages", json=messages) as response:
+        return await read_stream(response, start, "event: content_block_delta", "event: message_stop", deltas)
+
+
 async def run(
     name: str, url: str, pid: int, streams: int, concurrency: int, deltas: int, gateway: str
 ) -> tuple[Result, list[float]]:
@@ -121,7 +129,7 @@ async def run(
     }
     limits = httpx.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2)
     async with httpx.AsyncClient(limits=limits, timeout=60) as client:
-        one = {"direct": one_direct, "subscribe": one_gateway, "query": one_query}[gateway]
+        one = {"direct": one_direct, "subscribe": one_gateway, "query": one_query, "messages": one_messages}[gateway]
         await asyncio.gather(*(one(client, url, body, deltas) for _ in range(concurrency)))  # warm up connections
         semaphore = asyncio.Semaphore(concurrency)
 
@@ -148,10 +156,11 @@ def main() -> None:
     parser.add_argument("--redis", action="store_true", help="also run the gateway on a real redis-server")
     parser.add_argument(
         "--path",
-        choices=["subscribe", "query"],
+        choices=["subscribe", "query", "messages"],
         default="subscribe",
         help="subscribe: POST /api/claude/prompt/async + GET /api/claude/subscribe (two requests); "
-        "query: POST /llm/query, which answers with the stream (one request, like the direct one)",
+        "query: POST /llm/query, which answers with the stream (one request, like the direct one); "
+        "messages: POST /v1/messages with stream: true (one request, Anthropic's frames, like the direct one)",
     )
     args = parser.parse_args()
     if not 1 <= args.streams <= 20_000:

@@ -90,6 +90,16 @@ def test_mapper_gives_our_events() -> None:
     assert mapper.complete == Complete("Checking\nthe café", "tool_use", TokenUsage(380, 42), "claude-x")
 
 
+def test_the_stop_sequence_that_ended_the_message_is_kept() -> None:
+    mapper = StreamMapper("m")
+    ending = [
+        b'{"type":"message_delta","delta":{"stop_reason":"stop_sequence","stop_sequence":"END"},"usage":{"output_tokens":3}}',
+        b'{"type":"message_stop"}',
+    ]
+    list(mapper.feed_payloads(ending))
+    assert mapper.complete == Complete("", "stop_sequence", TokenUsage(0, 3), "m", stop_sequence="END")
+
+
 def test_an_error_event_mid_stream_raises_the_mapped_error_after_the_text_before_it() -> None:
     text = b'{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"kept"}}'
     error = b'{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}'

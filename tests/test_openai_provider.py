@@ -64,6 +64,13 @@ def test_top_p_and_stop_sequences_pass_through() -> None:
     assert body["top_p"] == 0.5 and body["stop"] == ["END", "STOP"]
 
 
+def test_stop_sequences_and_top_p_map_to_openai_and_the_rest_is_left_out() -> None:
+    fields = {"stop_sequences": ["\n\nHuman:"], "top_p": 0.9, "top_k": 5, "metadata": {"user_id": "u1"}}
+    body = openai_body(request([{"role": "user", "content": "hi"}], **fields, thinking={"type": "adaptive"}))
+    assert body["stop"] == ["\n\nHuman:"] and body["top_p"] == 0.9
+    assert not {"top_k", "metadata", "thinking", "user", "stop_sequences"} & set(body)
+
+
 def test_system_blocks_are_joined() -> None:
     system = [{"type": "text", "text": "one. "}, {"type": "text", "text": "two.", "cache_control": {"type": "x"}}]
     messages = openai_messages(request([{"role": "user", "content": "hi"}], system=system))

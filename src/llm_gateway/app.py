@@ -16,6 +16,7 @@ from starlette.responses import Response
 
 from .ai_chats import AiChats
 from .answers import AnswerCache
+from .anthropic_errors import AnthropicErrors
 from .auth import ClientKeyMiddleware, RedactKeysFilter, redact_client_keys_in_logs
 from .config import Settings, from_env
 from .conversations import Conversations
@@ -24,7 +25,7 @@ from .errors_wire import wire_error_response
 from .logs import RequestIdMiddleware
 from .metrics import STORE_ERRORS, RequestMetrics
 from .providers.registry import Providers
-from .routes import ai_sdk, chat, claude, generic, meta, openai_api, trellis as trellis_routes
+from .routes import ai_sdk, anthropic_api, chat, claude, generic, meta, openai_api, trellis as trellis_routes
 from .state import DRAIN, Gateway
 from .store import Store, open_store
 from .tasks import TaskRunner
@@ -146,6 +147,7 @@ def create_app(
             allow_headers=["*"],
             expose_headers=["X-Task-Id", "X-Request-Id", "Retry-After", "Location"],
         ),
+        Middleware(AnthropicErrors),
         Middleware(ClientKeyMiddleware, tenants=settings.client_tenants),
     ]
     return Starlette(
@@ -157,6 +159,7 @@ def create_app(
             *chat.routes,
             *trellis_routes.routes,
             *openai_api.routes,
+            *anthropic_api.routes,
         ],
         middleware=middleware,
         exception_handlers={

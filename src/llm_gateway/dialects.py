@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 import msgspec
 
+from .dialects_anthropic import AnthropicDialect
 from .dialects_openai import OpenAIDialect, finish_reason
 from .events import Complete, Error, Event, Progress, Start, Text, TokenUsage, ToolCall, Usage
 from .trellis.status import StatusRenderer, trellis_message
@@ -331,6 +332,7 @@ DIALECTS: dict[str, DialectFactory] = {
     "tanstack": lambda task_id, thread_id: TanStackDialect(task_id),
     "agui": lambda task_id, thread_id: AguiDialect(task_id, thread_id),
     "trellis": lambda task_id, thread_id: TrellisDialect(),
+    "anthropic": lambda task_id, thread_id: AnthropicDialect(task_id),
     "openai": lambda task_id, thread_id: OpenAIDialect(task_id),
     "ui": _ui,
 }

@@ -81,7 +81,11 @@ def header(scope: Scope, name: bytes) -> bytes | None:
 
 
 def speaks_openai(scope: Scope) -> bool:
-    return str(scope.get("path", "")).startswith("/v1/") and header(scope, b"anthropic-version") is None
+    path = str(scope.get("path", ""))
+    # /v1/messages speaks Anthropic's shape whatever its headers (anthropic_errors.AnthropicErrors rewrites it).
+    return (
+        path.startswith("/v1/") and not path.startswith("/v1/messages") and header(scope, b"anthropic-version") is None
+    )
 
 
 RENDERERS: list[tuple[Matcher, ErrorRenderer]] = [

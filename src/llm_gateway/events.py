@@ -43,11 +43,12 @@ class Usage(msgspec.Struct, frozen=True, tag="usage", tag_field="event"):
     output_tokens: int
 
 
-class Complete(msgspec.Struct, frozen=True, tag="complete", tag_field="event"):
+class Complete(msgspec.Struct, frozen=True, tag="complete", tag_field="event", omit_defaults=True):
     text: str
     stop_reason: str | None
     usage: TokenUsage
     model: str
+    stop_sequence: str | None = None  # which of the request's stop_sequences ended it (Claude says)
 
 
 class Error(msgspec.Struct, frozen=True, tag="error", tag_field="event", omit_defaults=True):

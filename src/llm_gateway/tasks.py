@@ -202,8 +202,7 @@ class TaskRunner:
         """The task's complete answer, once it ends; its error as a GatewayError if it fails."""
         terminal = await self.wait(task_id, on_text)
         if isinstance(terminal, Error):
-            retry_after = terminal.retry_after or (1.0 if terminal.type == "interrupted" else None)
-            raise GatewayError(terminal.type, terminal.message, retry_after=retry_after)
+            raise failure(terminal)
         return terminal
 
     def drain(self) -> asyncio.Task[None]:
@@ -296,7 +295,7 @@ class TaskRunner:
                 return None
             async for event in provider.stream(request):
                 if isinstance(event, Complete):
-                    return Complete(event.text, event.stop_reason, event.usage, model)
+                    return msgspec.structs.replace(event, model=model)
                 if isinstance(event, Text):
                     clock.text()
                 await writer.write(event)
@@ -373,6 +372,12 @@ class TaskRunner:
     async def _cancel_loop(self) -> None:
         async for task_id in self.store.cancel_requests():
             self._cancel_local(task_id, "cancelled")
+
+
+def failure(error: Error) -> GatewayError:
+    """A task's error event as the error its waiting client gets."""
+    retry_after = error.retry_after or (1.0 if error.type == "interrupted" else None)
+    return GatewayError(error.type, error.message, retry_after=retry_after)
 
 
 def _uncancel() -> None:

@@ -210,6 +210,47 @@ async def test_prompt_is_the_last_user_message(client: anthropic.AsyncAnthropic)
     assert isinstance(block := message.content[0], TextBlock) and block.text == emulated_text("18°C sunny", 50)
 
 
+@pytest.mark.parametrize("stream", [True, False])
+async def test_stop_sequences_end_the_text_before_the_first_one(client: anthropic.AsyncAnthropic, stream: bool) -> None:
+    prompt = "Count [emu:deltas=20] [emu:tool=search]"
+    text = emulated_text(prompt, 20)
+    first, later = emulated_deltas(prompt, 20)[5], emulated_deltas(prompt, 20)[9]
+    stop_sequences = [later.strip(), "never in it", first.strip()]
+    message: Message
+    if stream:
+        async with client.messages.stream(
+            model=MODEL, max_tokens=100, messages=user(prompt), stop_sequences=stop_sequences
+        ) as s:
+            texts = [t async for t in s.text_stream]
+            message = await s.get_final_message()
+        assert "".join(texts) == text[: text.find(first.strip())]
+    else:
+        message = await client.messages.create(
+            model=MODEL, max_tokens=100, messages=user(prompt), stop_sequences=stop_sequences
+        )
+    assert [block.type for block in message.content] == ["text"]  # no tool call after a stop sequence
+    assert isinstance(block := message.content[0], TextBlock) and block.text == text[: text.find(first.strip())]
+    assert (message.stop_reason, message.stop_sequence) == ("stop_sequence", first.strip())
+
+
+async def test_count_tokens_is_the_input_tokens_of_the_same_message(client: anthropic.AsyncAnthropic) -> None:
+    messages: list[MessageParam] = [
+        {"role": "user", "content": "a" * 40},
+        {"role": "assistant", "content": [{"type": "text", "text": "b" * 40}]},
+        {"role": "user", "content": "c" * 41},
+    ]
+    counted = await client.messages.count_tokens(model=MODEL, system="d" * 40, messages=messages)
+    message = await client.messages.create(model=MODEL, max_tokens=10, system="d" * 40, messages=messages)
+    assert counted.input_tokens == message.usage.input_tokens == 40
+
+
+async def test_count_tokens_faults_and_bad_bodies(client: anthropic.AsyncAnthropic, http: httpx.AsyncClient) -> None:
+    with pytest.raises(anthropic.RateLimitError):
+        await client.messages.count_tokens(model=MODEL, messages=user("[emu:fault=429]"))
+    response = await http.post("/v1/messages/count_tokens", json={"model": MODEL, "messages": []})
+    assert response.status_code == 400 and response.json()["error"]["type"] == "invalid_request_error"
+
+
 async def test_delay_paces_the_deltas(client: anthropic.AsyncAnthropic) -> None:
     started = time.perf_counter()
     async with client.messages.stream(

@@ -46,6 +46,7 @@ def create_emulator_app(*, deltas: int = 50, delay: float = 0.0, api_key: str | 
         routes=[
             Route("/", _index),
             Route("/v1/messages", functools.partial(anthropic.messages, emulator), methods=["POST"]),
+            Route("/v1/messages/count_tokens", functools.partial(anthropic.count_tokens, emulator), methods=["POST"]),
             Route("/v1/chat/completions", functools.partial(openai.chat_completions, emulator), methods=["POST"]),
             Route("/api/v1/task", piapi.create, methods=["POST"]),
             Route("/api/v1/task/{task_id}", piapi.get),

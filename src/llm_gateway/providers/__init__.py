@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from .base import GenerationRequest, Provider, error_from_upstream
+from .base import GenerationRequest, Provider, TokenCounter, error_from_upstream
 
-__all__ = ["GenerationRequest", "Provider", "error_from_upstream"]
+__all__ = ["GenerationRequest", "Provider", "TokenCounter", "error_from_upstream"]

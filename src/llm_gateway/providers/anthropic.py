@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, cast
 
@@ -46,19 +47,9 @@ class AnthropicProvider:
         await self._client.close()
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Event]:
-        omit = anthropic.omit
-        try:
+        with upstream_errors():
             async with self._client.messages.with_streaming_response.create(
-                model=request.model,
-                max_tokens=request.max_tokens,
-                messages=cast(Any, msgspec.to_builtins(request.messages)),
-                stream=True,
-                system=cast(Any, msgspec.to_builtins(request.system) if request.system else omit),
-                stop_sequences=request.stop_sequences or omit,
-                tools=cast(Any, request.tools or omit),
-                tool_choice=cast(Any, request.tool_choice or omit),
-                # SDK 2.x has no temperature or top_p argument; each is sent only when the client gave it.
-                extra_body=sampling(request) or None,
+                **_arguments(request), stream=True
             ) as response:
                 decoder = SSEDecoder()
                 mapper = StreamMapper(request.model)
@@ -71,24 +62,59 @@ class AnthropicProvider:
             if mapper.complete is None:
                 raise GatewayError("upstream_error", "upstream stream ended before message_stop")
             yield mapper.complete
-        except msgspec.DecodeError:
-            raise GatewayError("upstream_error", "upstream sent a malformed stream event") from None
-        except anthropic.APIStatusError as exc:
-            raise error_from_upstream(
-                exc.status_code, exc.type, exc.api_message or str(exc), exc.response.headers.get("retry-after")
-            ) from None
-        except (anthropic.APITimeoutError, httpx2.TimeoutException):
-            raise GatewayError("upstream_timeout", "upstream sent nothing within UPSTREAM_IDLE_TIMEOUT") from None
-        except (anthropic.APIConnectionError, httpx2.HTTPError) as exc:
-            raise GatewayError("upstream_error", f"upstream connection failed: {type(exc).__name__}") from None
-        except anthropic.AnthropicError as exc:
-            raise GatewayError("upstream_error", f"upstream client error: {type(exc).__name__}") from None
+
+    async def count_tokens(self, request: GenerationRequest) -> int:
+        """The upstream's count of the request's input tokens (``POST /v1/messages/count_tokens``)."""
+        omit = anthropic.omit
+        with upstream_errors():
+            counted = await self._client.messages.count_tokens(
+                model=request.model,
+                messages=cast(Any, msgspec.to_builtins(request.messages)),
+                system=cast(Any, msgspec.to_builtins(request.system) if request.system else omit),
+                tools=cast(Any, request.tools or omit),
+                tool_choice=cast(Any, request.tool_choice or omit),
+                thinking=cast(Any, request.thinking or omit),
+            )
+        return counted.input_tokens
 
 
-def sampling(request: GenerationRequest) -> dict[str, float]:
-    """The sampling options the client gave (temperature, top_p), for the request's body."""
-    options = {"temperature": request.temperature, "top_p": request.top_p}
-    return {name: value for name, value in options.items() if value is not None}
+def _arguments(request: GenerationRequest) -> dict[str, Any]:
+    """The SDK's arguments for ``request``: what the client left out is left out."""
+    omit = anthropic.omit
+    # SDK 2.x has no temperature, top_p or top_k argument: they go in the body, and only when the client gave them.
+    sampling = {"temperature": request.temperature, "top_p": request.top_p, "top_k": request.top_k}
+    extra_body = {name: value for name, value in sampling.items() if value is not None}
+    return {
+        "model": request.model,
+        "max_tokens": request.max_tokens,
+        "messages": msgspec.to_builtins(request.messages),
+        "system": msgspec.to_builtins(request.system) if request.system else omit,
+        "tools": request.tools or omit,
+        "tool_choice": request.tool_choice or omit,
+        "stop_sequences": request.stop_sequences or omit,
+        "metadata": request.metadata or omit,
+        "thinking": request.thinking or omit,
+        "extra_body": extra_body or None,
+    }
+
+
+@contextlib.contextmanager
+def upstream_errors() -> Iterator[None]:
+    """The SDK's failures as our GatewayErrors (``error_from_upstream``)."""
+    try:
+        yield
+    except msgspec.DecodeError:
+        raise GatewayError("upstream_error", "upstream sent a malformed stream event") from None
+    except anthropic.APIStatusError as exc:
+        raise error_from_upstream(
+            exc.status_code, exc.type, exc.api_message or str(exc), exc.response.headers.get("retry-after")
+        ) from None
+    except (anthropic.APITimeoutError, httpx2.TimeoutException):
+        raise GatewayError("upstream_timeout", "upstream sent nothing within UPSTREAM_IDLE_TIMEOUT") from None
+    except (anthropic.APIConnectionError, httpx2.HTTPError) as exc:
+        raise GatewayError("upstream_error", f"upstream connection failed: {type(exc).__name__}") from None
+    except anthropic.AnthropicError as exc:
+        raise GatewayError("upstream_error", f"upstream client error: {type(exc).__name__}") from None
 
 
 class StreamMapper:
@@ -101,6 +127,7 @@ class StreamMapper:
         self.input_tokens = 0
         self.output_tokens = 0
         self.stop_reason: str | None = None
+        self.stop_sequence: str | None = None
         self.complete: Complete | None = None
 
     def feed_payloads(self, payloads: list[bytes]) -> Iterator[Event]:
@@ -146,10 +173,11 @@ class StreamMapper:
         if kind == "message_delta":
             if delta is not None:
                 self.stop_reason = delta.stop_reason or self.stop_reason
+                self.stop_sequence = delta.stop_sequence or self.stop_sequence
             if raw.usage is not None and raw.usage.output_tokens is not None:
                 self.output_tokens = raw.usage.output_tokens  # cumulative, never summed
             return [Usage(self.input_tokens, self.output_tokens)]
         if kind == "message_stop":
             totals = TokenUsage(self.input_tokens, self.output_tokens)
-            self.complete = Complete("".join(self.parts), self.stop_reason, totals, self.model)
+            self.complete = Complete("".join(self.parts), self.stop_reason, totals, self.model, self.stop_sequence)
         return []

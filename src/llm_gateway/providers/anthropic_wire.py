@@ -22,6 +22,7 @@ class WireDelta(msgspec.Struct):
     text: str = ""
     partial_json: str = ""
     stop_reason: str | None = None
+    stop_sequence: str | None = None
 
 
 class WireBlock(msgspec.Struct):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import email.utils
 import time
 from collections.abc import AsyncIterator
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 
@@ -27,6 +27,9 @@ class GenerationRequest(msgspec.Struct, frozen=True, kw_only=True, omit_defaults
     stop_sequences: list[str] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None
+    top_k: int | None = None
+    thinking: dict[str, Any] | None = None
 
 
 class Provider(Protocol):
@@ -34,6 +37,13 @@ class Provider(Protocol):
         """Yield ``text``/``tool_call``/``usage`` events and finally one ``complete``; raise GatewayError."""
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class TokenCounter(Protocol):
+    """A provider that can count a request's input tokens (Claude's ``count_tokens``)."""
+
+    async def count_tokens(self, request: GenerationRequest) -> int: ...
 
 
 _TYPE_BY_UPSTREAM_TYPE: dict[str, ErrorType] = {

@@ -40,6 +40,7 @@ def openai_body(request: GenerationRequest, *, max_tokens_field: str = "max_toke
         body["top_p"] = request.top_p
     if request.stop_sequences:
         body["stop"] = request.stop_sequences
+    # top_k, thinking and metadata have no common counterpart across the OpenAI-compatible vendors: left out.
     if request.tools:
         body["tools"] = openai_tools(request.tools)
         if request.tool_choice:

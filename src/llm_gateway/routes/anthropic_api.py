@@ -1,0 +1,117 @@
+"""The Anthropic Messages API, drop-in (API.md §4): ``POST /v1/messages``, streamed or not, and
+``POST /v1/messages/count_tokens``.
+
+Every answer is a task (``X-Task-Id``) that ``GET /api/claude/subscribe/{task_id}?format=anthropic`` re-reads
+from any replica. Every error answer is in Anthropic's shape: these routes answer in ours, like every route,
+and ``anthropic_errors.AnthropicErrors`` rewrites them, so the key middleware's and the app's answers are too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ..bodies_anthropic import MessageCountTokensParams, MessageCreateParams, from_anthropic
+from ..dialects_anthropic import AnthropicDialect, AnthropicMessage, message_of
+from ..errors import GatewayError, InvalidRequest
+from ..events import Error, Start
+from ..http import JSONResponse, error_response, read_json
+from ..openapi import doc
+from ..providers import TokenCounter
+from ..sse import aclose, event_stream
+from ..state import Gateway, gateway
+from ..store import EventBatch
+from ..tasks import failure
+from ..tenants import public, tenant_of
+
+# How long a stream's answer waits for the first output before its headers go out anyway. Until then a failure
+# (a 429 or 529 upstream, the commonest) is still an HTTP error, the only kind the SDKs raise their classes for;
+# after it, failures arrive in the stream, as they do from Claude.
+FIRST_OUTPUT_WAIT = 10.0
+
+
+class TokenCount(msgspec.Struct):
+    input_tokens: int
+
+
+@doc(
+    "Anthropic's Messages API (stream or not); the answer is a task",
+    body=[MessageCreateParams],
+    response=AnthropicMessage,
+    tag="anthropic",
+)
+async def messages(request: Request) -> Response:
+    gw = gateway(request)
+    body = await read_json(request, MessageCreateParams, gw.settings.max_body_bytes)
+    info, _ = await gw.runner.submit(None, from_anthropic(body), tenant=tenant_of(request))
+    task_id = public(info.task_id)
+    try:
+        if body.stream:
+            return await _stream(gw, info.task_id)
+        await gw.runner.answer(info.task_id)
+    except GatewayError as exc:
+        response = error_response(exc)
+        response.headers["X-Task-Id"] = task_id  # the failed task can still be looked at
+        return response
+    message = message_of(task_id, [event for _, event in await gw.store.read(info.task_id)])
+    return JSONResponse(message, headers={"X-Task-Id": task_id})
+
+
+async def _stream(gw: Gateway, task_id: str) -> Response:
+    """The task in the ``anthropic`` dialect, from its first output on; a failure before that is raised."""
+    batches = gw.store.follow(task_id, heartbeat=FIRST_OUTPUT_WAIT)
+    opening: EventBatch = []
+    try:
+        async for batch in batches:
+            if not batch:
+                break  # nothing for FIRST_OUTPUT_WAIT: start the stream anyway
+            opening.extend(batch)
+            if any(not isinstance(event, Start) for _, event in batch):
+                break
+        first = next((event for _, event in opening if not isinstance(event, Start)), None)
+        if isinstance(first, Error):
+            raise failure(first)
+    except BaseException:
+        await aclose(batches)
+        raise
+    return event_stream(_frames(AnthropicDialect(public(task_id)), opening, batches), task_id, gw.released)
+
+
+async def _frames(
+    dialect: AnthropicDialect, opening: EventBatch, batches: AsyncIterator[EventBatch]
+) -> AsyncIterator[bytes]:
+    try:
+        yield b"".join([dialect.render(event_id, event) for event_id, event in opening])
+        async for batch in batches:
+            if batch:
+                yield b"".join([dialect.render(event_id, event) for event_id, event in batch])
+            else:
+                yield b": keep-alive\n\n"
+    finally:
+        await aclose(batches)
+
+
+@doc(
+    "Count a message's input tokens (asked of the upstream)",
+    body=[MessageCountTokensParams],
+    response=TokenCount,
+    tag="anthropic",
+)
+async def count_tokens(request: Request) -> Response:
+    gw = gateway(request)
+    body = await read_json(request, MessageCountTokensParams, gw.settings.max_body_bytes)
+    provider, upstream_model = gw.providers.resolve(body.model)
+    if not isinstance(provider, TokenCounter):
+        raise InvalidRequest(f"model {body.model!r} cannot count tokens: count_tokens is for Claude models")
+    counted = await provider.count_tokens(msgspec.structs.replace(from_anthropic(body), model=upstream_model))
+    return JSONResponse(TokenCount(counted))
+
+
+routes = [
+    Route("/v1/messages", messages, methods=["POST"]),
+    Route("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
+]
