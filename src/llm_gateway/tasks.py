@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 
@@ -289,6 +290,9 @@ class TaskRunner:
 
     async def _lease_loop(self) -> None:
         period = self.lease_seconds / 3
+        # Leases lapse while the store does not answer, though the replicas holding them live on; this loop is
+        # restarted when the store fails it, so after a restart every replica gets one lease to renew first.
+        reap_from = time.monotonic() + self.lease_seconds
         while True:
             async with asyncio.timeout(period):
                 cancelled = await self.store.renew_leases(
@@ -296,9 +300,10 @@ class TaskRunner:
                 )
             for task_id in cancelled:
                 self._cancel_local(task_id, "cancelled")
-            async with asyncio.timeout(period):
-                for task_id in await self.store.interrupt_lapsed():
-                    log.warning("task %s lost its replica; ended as interrupted", task_id)
+            if time.monotonic() >= reap_from:
+                async with asyncio.timeout(period):
+                    for task_id in await self.store.interrupt_lapsed():
+                        log.warning("task %s lost its replica; ended as interrupted", task_id)
             await asyncio.sleep(period)
 
     async def _cancel_loop(self) -> None:
