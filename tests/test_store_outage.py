@@ -265,11 +265,15 @@ async def test_redis_down_past_the_grace_ends_every_stream_unavailable(
         killed_at = time.monotonic()
         try:
             await gateways.streams_end(within=grace + 3)  # while Redis is still down
+            health = [(await gateways.client.get(f"{url}/health")).status_code for url in gateways.urls]
+            refused = await gateways.client.post(f"{gateways.urls[0]}/api/claude/prompt", json={"prompt": "down"})
         finally:
             await own_redis.start()
         statuses = await gateways.requests_after_recovery()
     for stream in streams:
         stream.assert_ended_unavailable()
         assert stream.ended_at - killed_at < grace + 2, stream.ended_at - killed_at
+    assert health == [503, 503]
+    assert refused.status_code == 503 and refused.json()["type"] == "unavailable" and refused.headers["retry-after"]
     assert statuses == [200] * REQUESTS_AFTER
     gateways.assert_outage_logged_once()
