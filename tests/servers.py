@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import uvicorn
@@ -54,15 +55,24 @@ async def serve(app: ASGIApp, *, lifespan: str = "on") -> AsyncIterator[str]:
 
 
 @contextlib.asynccontextmanager
-async def replica_process(env: dict[str, str]) -> AsyncIterator[tuple[str, subprocess.Popen[bytes]]]:
-    """A gateway process (``python -m llm_gateway``) configured by ``env``; yields its base URL and process."""
+async def replica_process(
+    env: dict[str, str], *, log: Path | None = None
+) -> AsyncIterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A gateway process (``python -m llm_gateway``) configured by ``env``; yields its base URL and process.
+
+    Its log (stderr) goes to ``log`` if given."""
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "llm_gateway", "--env-file", os.devnull],
-        env={**env, "API_HOST": "127.0.0.1", "API_PORT": str(port)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    log_file = None if log is None else log.open("wb")
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "llm_gateway", "--env-file", os.devnull],
+            env={**env, "API_HOST": "127.0.0.1", "API_PORT": str(port)},
+            stdout=subprocess.DEVNULL,
+            stderr=log_file or subprocess.DEVNULL,
+        )
+    finally:
+        if log_file is not None:
+            log_file.close()  # the process has its own copy
     url = f"http://127.0.0.1:{port}"
     try:
         async with httpx.AsyncClient() as client:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from unittest.mock import ANY
 
 import pytest
 
 from llm_gateway.events import Complete, Error, Event, Start, Text, TokenUsage
 from llm_gateway.sse import aclose
 from llm_gateway.store import EventBatch, MalformedEventId, Store, TaskEnded, parse_event_id
-from llm_gateway.store.base import INTERRUPTED
+from llm_gateway.store.base import INTERRUPTED, UNAVAILABLE
 from llm_gateway.store.memory import MemoryStore
 
 DONE = Complete("ab", "end_turn", TokenUsage(1, 2), "m")
@@ -77,6 +78,25 @@ async def test_start_refused_once_finished(store: Store) -> None:
 async def test_start_of_an_unknown_task_is_refused(store: Store) -> None:
     assert await store.start_task("nope", owner="r1", lease_seconds=5, event=Start("nope", "m")) == ""
     assert await store.get_task("nope") is None
+
+
+async def test_an_append_tried_again_after_a_lost_answer_is_written_once(store: Store) -> None:
+    await started(store)
+    batch = [Text(0, "a"), Text(0, "b")]
+    first = await store.append("t1", batch, owner="r1", offset=0)
+    again = await store.append("t1", batch, owner="r1", offset=0)  # its answer was lost: the writer tries again
+    more = await store.append("t1", [*batch, Text(0, "c")], owner="r1", offset=0)  # with what came meanwhile
+    await store.append("t1", [Text(0, "d")], owner="r1", offset=3)
+    events = await store.read("t1")
+    assert [e for _, e in events] == [Start("t1", "m"), Text(0, "a"), Text(0, "b"), Text(0, "c"), Text(0, "d")]
+    assert first == again == events[2][0] and more == events[3][0]
+
+
+async def test_a_start_tried_again_by_its_owner_answers_the_same_id(store: Store) -> None:
+    first = await started(store)
+    assert await store.start_task("t1", owner="r1", lease_seconds=5, event=Start("t1", "m")) == first
+    assert await store.start_task("t1", owner="r2", lease_seconds=5, event=Start("t1", "m")) == ""
+    assert [e for _, e in await store.read("t1")] == [Start("t1", "m")]
 
 
 async def test_both_backends_end_a_lapsed_task_with_the_same_event(store: Store) -> None:
@@ -393,3 +413,42 @@ async def test_values_with_a_ttl(store: Store) -> None:
     await asyncio.sleep(0.15)
     assert await store.get_value("k") is None, "expired"
     assert await store.set_value_if_absent("k", b"v4", ttl=5)
+
+
+async def test_redis_follower_ends_unavailable_when_its_log_is_lost(redis_url: str) -> None:
+    """The store came back without the task (restarted empty): its follower ends with the error frame's event, at
+    the last id it had, never silently."""
+    import redis.asyncio as aioredis
+
+    from llm_gateway.store.redis import RedisStore
+
+    store = RedisStore.from_url(redis_url, prefix="lost:")
+    client = aioredis.Redis.from_url(redis_url)
+    await store.connect()
+    try:
+        await started(store)
+        last = await store.append("t1", [Text(0, "a")], owner="r1")
+        follower = asyncio.create_task(collect(store, "t1"))
+        await asyncio.sleep(0.05)
+        await client.delete(store._keys.task("t1"), store._keys.events("t1"))
+        assert await follower == [(ANY, Start("t1", "m")), (last, Text(0, "a")), (last, UNAVAILABLE)]
+    finally:
+        await client.aclose()
+        await store.close()
+
+
+async def test_redis_local_followers_get_the_terminal_event_the_store_did_not_take(redis_url: str) -> None:
+    from llm_gateway.store.redis import RedisStore
+
+    store = RedisStore.from_url(redis_url, prefix="abandon:")
+    await store.connect()
+    try:
+        await started(store)
+        last = await store.append("t1", [Text(0, "a")], owner="r1")
+        follower = asyncio.create_task(collect(store, "t1"))
+        await asyncio.sleep(0.05)
+        store.abandon("t1", UNAVAILABLE)  # the owner gave up writing it
+        assert await follower == [(ANY, Start("t1", "m")), (last, Text(0, "a")), (last, UNAVAILABLE)]
+        assert (await store.get_task("t1")).status == "running"  # type: ignore[union-attr]
+    finally:
+        await store.close()

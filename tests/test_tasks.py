@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
 from llm_gateway.content import user
-from llm_gateway.errors import GatewayError
-from llm_gateway.events import Complete, Error, Start, Text
+from llm_gateway.errors import GatewayError, StoreUnavailable
+from llm_gateway.events import Complete, Error, Event, Start, Text
 from llm_gateway.providers import GenerationRequest
 from llm_gateway.providers.registry import Providers
+from llm_gateway.store.memory import MemoryStore
 from llm_gateway.store.redis import RedisStore
-from llm_gateway.tasks import TaskRunner
+from llm_gateway.tasks import LogWriter, TaskRunner
 from tests.conftest import Emulator, gateway_settings
 
 
@@ -114,3 +115,45 @@ async def test_the_end_hook_runs_once_the_terminal_event_is_stored(runner: TaskR
     start = (await runner.store.read(task_id))[0][1]
     assert seen == ["completed"]
     assert isinstance(start, Start) and start.message_id == "m-1"
+
+
+class LosingStore(MemoryStore):
+    """Its next ``lose`` appends are written, but answered with StoreUnavailable, as if the reply was lost."""
+
+    def __init__(self, lose: int) -> None:
+        super().__init__()
+        self.lose = lose
+
+    async def append(self, task_id: str, events: Sequence[Event], *, owner: str, offset: int | None = None) -> str:
+        last = await super().append(task_id, events, owner=owner, offset=offset)
+        if self.lose:
+            self.lose -= 1
+            raise StoreUnavailable("ConnectionError")
+        return last
+
+
+async def test_the_writer_tries_again_and_writes_each_event_once() -> None:
+    store = LosingStore(lose=3)
+    await store.create_task("t1", fingerprint="f", model="m", lease_seconds=5)
+    await store.start_task("t1", owner="r1", lease_seconds=5, event=Start("t1", "m"))
+    writer = LogWriter(store, "t1", "r1", grace=5)
+    for piece in "abcde":
+        await writer.write(Text(0, piece))
+        await asyncio.sleep(0.01)
+    async with asyncio.timeout(5):
+        await writer.drain()
+    assert store.lose == 0
+    assert [e for _, e in await store.read("t1")] == [Start("t1", "m"), *(Text(0, piece) for piece in "abcde")]
+
+
+async def test_the_writer_gives_up_when_the_store_fails_past_the_grace() -> None:
+    store = LosingStore(lose=10**6)
+    await store.create_task("t1", fingerprint="f", model="m", lease_seconds=5)
+    await store.start_task("t1", owner="r1", lease_seconds=5, event=Start("t1", "m"))
+    writer = LogWriter(store, "t1", "r1", grace=0.3)
+    await writer.write(Text(0, "a"))
+    async with asyncio.timeout(2):
+        with pytest.raises(StoreUnavailable):
+            await writer.drain()
+    with pytest.raises(StoreUnavailable):
+        await writer.write(Text(0, "b"))  # nothing more is written once a gap is possible

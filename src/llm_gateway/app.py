@@ -69,7 +69,12 @@ async def open_gateway(
     """Open the gateway's resources, each one's close pushed on ``stack`` before it starts: whatever fails,
     the stack closes exactly what was opened, in reverse order. A given store or providers are the caller's."""
     if store is None:
-        store = open_store(settings.redis_url, prefix=settings.redis_key_prefix, stream_ttl=settings.stream_ttl_seconds)
+        store = open_store(
+            settings.redis_url,
+            prefix=settings.redis_key_prefix,
+            stream_ttl=settings.stream_ttl_seconds,
+            outage_grace=settings.store_outage_grace,
+        )
         stack.push_async_callback(store.close)
         await store.connect()
     if providers is None:
@@ -88,6 +93,7 @@ async def open_gateway(
         max_concurrent=settings.max_concurrent_tasks,
         lease_seconds=settings.task_lease_seconds,
         grace_seconds=settings.shutdown_grace_seconds,
+        store_grace=settings.store_outage_grace,
     )
     stack.push_async_callback(runner.shutdown)
     await runner.start()

@@ -45,6 +45,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     upstream_idle_timeout: PositiveFloat = 60.0
     upstream_max_retries: Annotated[int, Meta(ge=0, le=10)] = 2
     shutdown_grace_seconds: Annotated[float, Meta(ge=0)] = 10.0
+    store_outage_grace: PositiveFloat = 30.0
     cache_ttl_seconds: PositiveInt = 900
     conversation_ttl_seconds: PositiveInt = 86400
     conversation_max_messages: Annotated[int, Meta(ge=2)] = 100

@@ -3,7 +3,8 @@
     GatewayError            type + HTTP status + message (+ detail, Retry-After)
      ├── InvalidRequest     400/422 invalid_request
      ├── NotFound           404 not_found
-     └── Conflict           409 conflict
+     ├── Conflict           409 conflict
+     └── StoreUnavailable   503 unavailable: the store did not answer (down, stalled, unreachable)
 
 Upstream failures are ``GatewayError`` with an ``upstream_*`` type, built by the providers.
 Inside a stream the same types arrive as an ``error`` event, plus ``cancelled`` and ``interrupted``.
@@ -98,6 +99,15 @@ class NotFound(GatewayError):
 class Conflict(GatewayError):
     def __init__(self, message: str) -> None:
         super().__init__("conflict", message)
+
+
+class StoreUnavailable(GatewayError):
+    """The store did not answer. Raised by the store for every failure that says it is out of reach, whatever
+    the backend's own exception was (``cause`` names it)."""
+
+    def __init__(self, cause: str) -> None:
+        super().__init__("unavailable", "the store is unavailable; try again shortly", retry_after=1)
+        self.cause = cause
 
 
 class ErrorBody(msgspec.Struct, kw_only=True, omit_defaults=True):

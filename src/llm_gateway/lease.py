@@ -12,7 +12,7 @@ import uuid
 from types import TracebackType
 
 from .aio import cancel_and_wait
-from .store import Store
+from .store import Store, quiet_level
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class Lease:
             async with asyncio.timeout(RELEASE_SECONDS):
                 await self.store.delete_value(self.key, if_equals=self.token)
         except Exception as error:  # it expires by itself within one ttl
-            log.warning("could not release lease %s: %s", self.key, type(error).__name__)
+            log.log(quiet_level(error), "could not release lease %s: %s", self.key, type(error).__name__)
 
     async def _renew(self) -> None:
         while True:
@@ -76,4 +76,4 @@ class Lease:
                         log.warning("lease %s was lost (expired while held)", self.key)
                         return
             except Exception as error:  # the store may be unwell for a moment: try again next time
-                log.warning("could not renew lease %s: %s", self.key, type(error).__name__)
+                log.log(quiet_level(error), "could not renew lease %s: %s", self.key, type(error).__name__)

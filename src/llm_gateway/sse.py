@@ -12,10 +12,11 @@ from starlette.types import Receive, Scope, Send
 
 from .aio import cancel_and_wait
 from .dialects import DIALECTS, Dialect
-from .errors import InvalidRequest
+from .errors import GatewayError, InvalidRequest
+from .events import Error
 from .metrics import STREAMS
 from .state import Gateway
-from .store import EventLog, MalformedEventId, parse_event_id
+from .store import EventLog, MalformedEventId, format_event_id, parse_event_id
 from .tenants import public
 
 KEEPALIVE_SECONDS = 15.0
@@ -59,19 +60,25 @@ def pick_dialect(request: Request, default: str, task_id: str, thread_id: str = 
 async def frames(
     store: EventLog, task_id: str, after: str | None, dialect: Dialect, *, heartbeat: float = KEEPALIVE_SECONDS
 ) -> AsyncIterator[bytes]:
-    if after is not None and dialect.stateful:
-        end = parse_event_id(after)
-        for event_id, event in await store.read(task_id):
-            if parse_event_id(event_id) > end:
-                break
-            dialect.render(event_id, event)  # rebuild its state; the client has these already
     # An early comment flushes headers through buffering proxies before the first token.
     yield b": connected\n\n"
-    async for batch in store.follow(task_id, after, heartbeat=heartbeat):
-        if batch:
-            yield b"".join([dialect.render(event_id, event) for event_id, event in batch])
-        else:
-            yield b": keep-alive\n\n"
+    last = after
+    try:
+        if after is not None and dialect.stateful:
+            end = parse_event_id(after)
+            for event_id, event in await store.read(task_id):
+                if parse_event_id(event_id) > end:
+                    break
+                dialect.render(event_id, event)  # rebuild its state; the client has these already
+        async for batch in store.follow(task_id, after, heartbeat=heartbeat):
+            if batch:
+                last = batch[-1][0]
+                yield b"".join([dialect.render(event_id, event) for event_id, event in batch])
+            else:
+                yield b": keep-alive\n\n"
+    except GatewayError as exc:  # the store failed us: end with the dialect's error frame, not a cut response
+        error = Error(exc.type, exc.message, exc.retryable, exc.retry_after)
+        yield dialect.render(last or format_event_id((0, 0)), error)
 
 
 class EventStreamResponse(Response):

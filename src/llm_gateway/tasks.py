@@ -9,20 +9,23 @@ Lifecycle: ``start()`` opens the lease/reaper loop and the cancel listener; ``su
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import msgspec
 
 from .aio import cancel_and_wait
-from .errors import CancelReason, Conflict, GatewayError, NotFound
+from .errors import CancelReason, Conflict, GatewayError, NotFound, StoreUnavailable
 from .events import Complete, Error, Event, Start, TaskInfo, Terminal, Text
 from .logs import TASK_ID
 from .metrics import GenerationClock
 from .providers import GenerationRequest, Provider
-from .store import EventLog, TaskEnded
+from .store import UNAVAILABLE, EventLog, TaskEnded, quiet_level
 from .tenants import ANONYMOUS, TenantLimits, public, scoped
 
 log = logging.getLogger(__name__)
@@ -30,6 +33,11 @@ log = logging.getLogger(__name__)
 ProviderResolver = Callable[[str], tuple[Provider, str]]
 TextSink = Callable[[str], Awaitable[None]]
 EndHook = Callable[[], Awaitable[object]]
+T = TypeVar("T")
+
+ATTEMPT_SECONDS = 10.0  # one try of a store call, at most
+LAST_TRY_SECONDS = 1.0  # past the grace: one short try, so the log still ends properly if the store is back
+RETRY_MAX_SECONDS = 1.0
 
 
 def fingerprint(request: GenerationRequest) -> str:
@@ -44,19 +52,26 @@ def new_task_id() -> str:
 class LogWriter:
     """Appends a generation's events behind it, so reading upstream never waits on the store.
 
-    Events that arrive while an append is in flight go out together in the next one: one round trip
-    per batch, not per delta. At ``limit`` pending events the generation waits (bounded memory). After a
-    failed append nothing more is written (the log would have a gap) and ``write`` raises at once.
+    Events that arrive while an append is in flight go out together in the next one: one round trip per batch,
+    not per delta. An append the store fails is tried again, the same events in the same order, until the store
+    has failed for ``grace`` seconds in a row (STORE_OUTAGE_GRACE): an outage within the grace loses nothing.
+    Each append carries its offset, so an attempt whose answer was lost but which the store did write is not
+    written twice. At ``limit`` pending events the generation waits (bounded memory). Once the writer gave up
+    (StoreUnavailable) or the task ended elsewhere (TaskEnded), nothing more is written (the log would have a
+    gap) and ``write`` raises at once.
     """
 
-    def __init__(self, store: EventLog, task_id: str, owner: str, *, limit: int = 1024) -> None:
+    def __init__(self, store: EventLog, task_id: str, owner: str, *, grace: float = 30.0, limit: int = 1024) -> None:
         self.store = store
         self.task_id = task_id
         self.owner = owner
+        self.grace = grace
         self.limit = limit
-        self._pending: list[Event] = []
+        self._pending: list[Event] = []  # in order, until stored
+        self._stored = 0
         self._flushing: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
+        self._failing_since: float | None = None
 
     async def write(self, event: Event) -> None:
         if self._failure is not None:
@@ -76,17 +91,48 @@ class LogWriter:
         if self._failure is not None:
             raise self._failure
 
+    async def persist(self, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()``, tried again while the store fails it, until the store has failed this writer for the
+        grace: then StoreUnavailable. Each try is bounded by what is left of the grace; past it, one short try."""
+        delay = 0.05
+        while True:
+            started = time.monotonic()
+            left = (self._failing_since or started) + self.grace - started
+            try:
+                async with asyncio.timeout(min(ATTEMPT_SECONDS, max(left, LAST_TRY_SECONDS))):
+                    result = await call()
+            except (StoreUnavailable, TimeoutError) as exc:
+                self._failing_since = self._failing_since or started
+                left = self._failing_since + self.grace - time.monotonic()
+                if left <= 0:
+                    if isinstance(exc, StoreUnavailable):
+                        raise
+                    raise StoreUnavailable("TimeoutError") from exc
+                await asyncio.sleep(min(delay, left))
+                delay = min(delay * 2, RETRY_MAX_SECONDS)
+            else:
+                self._failing_since = None
+                return result
+
+    def forgive(self) -> None:
+        """Give the store a new grace from now (the writer gave up; its task's log can still be ended)."""
+        self._failing_since = None
+
     async def _flush(self) -> None:
         try:
             while self._pending:
-                batch, self._pending = self._pending, []
-                async with asyncio.timeout(10):
-                    await self.store.append(self.task_id, batch, owner=self.owner)
+                batch = self._pending[:]
+                await self.persist(functools.partial(self._append, batch))
+                del self._pending[: len(batch)]
+                self._stored += len(batch)
         except Exception as exc:
             self._failure = exc
             self._pending.clear()
         finally:
             self._flushing = None
+
+    async def _append(self, batch: list[Event]) -> str:
+        return await self.store.append(self.task_id, batch, owner=self.owner, offset=self._stored)
 
 
 class TaskRunner:
@@ -98,6 +144,7 @@ class TaskRunner:
         max_concurrent: int = 256,
         lease_seconds: float = 5.0,
         grace_seconds: float = 10.0,
+        store_grace: float = 30.0,
         replica_id: str | None = None,
         limits: TenantLimits | None = None,
     ) -> None:
@@ -107,6 +154,7 @@ class TaskRunner:
         self.max_concurrent = max_concurrent
         self.lease_seconds = lease_seconds
         self.grace_seconds = grace_seconds
+        self.store_grace = store_grace
         self.replica_id = replica_id or uuid.uuid4().hex[:12]
         self._running: dict[str, asyncio.Task[None]] = {}
         self._cancel_reasons: dict[str, CancelReason] = {}
@@ -241,7 +289,7 @@ class TaskRunner:
         self, task_id: str, start: Start, provider: Provider, request: GenerationRequest, on_end: EndHook | None
     ) -> None:
         TASK_ID.set(public(task_id))  # this generation's own context: its log lines name it
-        writer = LogWriter(self.store, task_id, self.replica_id)
+        writer = LogWriter(self.store, task_id, self.replica_id, grace=self.store_grace)
         clock = GenerationClock()
         terminal: Terminal | None
         try:
@@ -288,8 +336,10 @@ class TaskRunner:
         """Stream the answer into the log; the terminal event to write, or None if the task ended elsewhere."""
         model = start.model
         try:
-            started = await self.store.start_task(
-                task_id, owner=self.replica_id, lease_seconds=self.lease_seconds, event=start
+            started = await writer.persist(
+                functools.partial(
+                    self.store.start_task, task_id, owner=self.replica_id, lease_seconds=self.lease_seconds, event=start
+                )
             )
             if not started:
                 return None
@@ -300,14 +350,24 @@ class TaskRunner:
                     clock.text()
                 await writer.write(event)
         except TaskEnded:
-            log.warning("task %s was ended elsewhere (its lease lapsed); generation stopped", task_id)
-            return None
+            return None  # the writer says so again when drained
         return Error("upstream_error", "upstream ended without completing the message")
+
+    async def _ended_elsewhere(self, task_id: str) -> Terminal | None:
+        """The store refused our events: another replica ended the task (its log has its terminal event), or the
+        store lost it (came back empty): then nobody else can end it, and it ends ``unavailable`` here."""
+        try:
+            lost = await self.store.get_task(task_id) is None
+        except (StoreUnavailable, TimeoutError):
+            lost = True
+        if lost:
+            log.debug("task %s is gone from the store; ended unavailable", task_id)
+            return UNAVAILABLE
+        log.warning("task %s was ended elsewhere (its lease lapsed); generation stopped", task_id)
+        return None
 
     async def _finish(self, writer: LogWriter, terminal: Terminal | None) -> None:
         """Write the terminal event after every event before it, shielded from further cancellation."""
-        if terminal is None:
-            return
         finishing = asyncio.ensure_future(self._write_terminal(writer, terminal))
         while not finishing.done():
             try:
@@ -315,20 +375,33 @@ class TaskRunner:
             except asyncio.CancelledError:
                 _uncancel()
 
-    async def _write_terminal(self, writer: LogWriter, terminal: Terminal) -> None:
+    async def _write_terminal(self, writer: LogWriter, terminal: Terminal | None) -> None:
         task_id = writer.task_id
         try:
-            async with asyncio.timeout(10):
-                try:
-                    await writer.drain()
-                except TaskEnded:
-                    return
-                except Exception as exc:  # events were lost: the log must still end, with an error
-                    log.error("could not store events of task %s: %s", task_id, type(exc).__name__)
-                    terminal = Error("unavailable", "the event log could not be written; the answer is incomplete")
-                await self.store.finish(task_id, terminal)
-        except Exception as exc:  # the store is down: the lease lapses and another replica ends the task
-            log.error("could not finish task %s: %s", task_id, type(exc).__name__)
+            await writer.drain()
+        except TaskEnded:
+            terminal = await self._ended_elsewhere(task_id)
+        except Exception as exc:  # events were lost: the log must still end, with an error
+            log.log(quiet_level(exc), "could not store events of task %s: %s", task_id, type(exc).__name__)
+            terminal = UNAVAILABLE
+        if terminal is None or await self._end_log(writer, terminal):
+            return  # not started (cancelled while queued), or its log has its terminal event
+        # The store has no terminal event for it: this replica's own subscribers get one all the same, now; the
+        # log gets the real one if the store answers within another grace (a client that tries again reads it),
+        # else the lease lapses and a reaper ends it.
+        self.store.abandon(task_id, UNAVAILABLE)
+        writer.forgive()
+        await self._end_log(writer, terminal)
+
+    async def _end_log(self, writer: LogWriter, terminal: Terminal) -> bool:
+        """Write the terminal event; whether the log has one now (ours, or another replica's)."""
+        try:
+            if await writer.persist(functools.partial(self.store.finish, writer.task_id, terminal)):
+                return True
+            return await self._ended_elsewhere(writer.task_id) is None
+        except Exception as exc:
+            log.log(quiet_level(exc), "could not finish task %s: %s", writer.task_id, type(exc).__name__)
+            return False
 
     async def _release(self, task_id: str) -> None:
         try:
@@ -337,7 +410,7 @@ class TaskRunner:
                 if self.limits is not None:
                     await self.limits.release(task_id)
         except Exception as exc:
-            log.warning("could not release task %s: %s", task_id, type(exc).__name__)
+            log.log(quiet_level(exc), "could not release task %s: %s", task_id, type(exc).__name__)
 
     async def _supervise(self, loop: Callable[[], Awaitable[None]]) -> None:
         """Keep a background loop alive through store outages (a loop that returns is done)."""
@@ -348,11 +421,14 @@ class TaskRunner:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("%s failed (%s: %s); restarting", loop.__name__, type(exc).__name__, exc)
+                log.log(quiet_level(exc), "%s failed (%s: %s); restarting", loop.__name__, type(exc).__name__, exc)
                 await asyncio.sleep(min(1.0, self.lease_seconds / 3))
 
     async def _lease_loop(self) -> None:
         period = self.lease_seconds / 3
+        # Leases lapse while the store does not answer, though the replicas holding them live on; this loop is
+        # restarted when the store fails it, so after a restart every replica gets one lease to renew first.
+        reap_from = time.monotonic() + self.lease_seconds
         while True:
             async with asyncio.timeout(period):
                 cancelled = await self.store.renew_leases(
@@ -364,9 +440,10 @@ class TaskRunner:
                 generating = [task_id for task_id in self._running if task_id not in self._finishing]
                 async with asyncio.timeout(period):
                     await self.limits.renew(generating)  # an ended one's slot is freed, and stays free
-            async with asyncio.timeout(period):
-                for task_id in await self.store.interrupt_lapsed():
-                    log.warning("task %s lost its replica; ended as interrupted", task_id)
+            if time.monotonic() >= reap_from:
+                async with asyncio.timeout(period):
+                    for task_id in await self.store.interrupt_lapsed():
+                        log.warning("task %s lost its replica; ended as interrupted", task_id)
             await asyncio.sleep(period)
 
     async def _cancel_loop(self) -> None:
@@ -376,7 +453,7 @@ class TaskRunner:
 
 def failure(error: Error) -> GatewayError:
     """A task's error event as the error its waiting client gets."""
-    retry_after = error.retry_after or (1.0 if error.type == "interrupted" else None)
+    retry_after = error.retry_after or (1.0 if error.type in ("interrupted", "unavailable") else None)
     return GatewayError(error.type, error.message, retry_after=retry_after)
 
 

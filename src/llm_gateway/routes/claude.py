@@ -128,7 +128,7 @@ async def replay_ws(websocket: WebSocket) -> None:
     except GatewayError as exc:
         message = {"event": "error", "data": {"type": exc.type, "message": exc.message}}
         await websocket.send_text(msgspec.json.encode(message).decode())
-        await websocket.close(code=4404 if exc.status == 404 else 4400)
+        await websocket.close(code={404: 4404, 503: 1013}.get(exc.status, 4400))  # 1013: try again later
         return
 
     async def send_events() -> None:

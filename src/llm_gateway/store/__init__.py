@@ -5,9 +5,21 @@ Each implements both halves of the seam: the event log (``EventLog``) and small 
 
 from __future__ import annotations
 
-from .base import EventBatch, EventLog, MalformedEventId, Store, TaskEnded, Values, format_event_id, parse_event_id
+from .base import (
+    UNAVAILABLE,
+    EventBatch,
+    EventLog,
+    MalformedEventId,
+    Store,
+    TaskEnded,
+    Values,
+    format_event_id,
+    parse_event_id,
+)
+from .health import quiet_level
 
 __all__ = [
+    "UNAVAILABLE",
     "EventBatch",
     "EventLog",
     "MalformedEventId",
@@ -17,15 +29,18 @@ __all__ = [
     "format_event_id",
     "open_store",
     "parse_event_id",
+    "quiet_level",
 ]
 
 
-def open_store(url: str | None, *, prefix: str = "llmgw:", stream_ttl: int = 3600) -> Store:
-    """The store for ``url``, not yet connected: ``connect()`` starts it, ``close()`` ends it."""
+def open_store(url: str | None, *, prefix: str = "llmgw:", stream_ttl: int = 3600, outage_grace: float = 30.0) -> Store:
+    """The store for ``url``, not yet connected: ``connect()`` starts it, ``close()`` ends it.
+
+    ``outage_grace``: how long a Redis store may not answer before the tasks it holds end ``unavailable``."""
     if not url:
         from .memory import MemoryStore
 
         return MemoryStore(stream_ttl=stream_ttl)
     from .redis import RedisStore
 
-    return RedisStore.from_url(url, prefix=prefix, stream_ttl=stream_ttl)
+    return RedisStore.from_url(url, prefix=prefix, stream_ttl=stream_ttl, outage_grace=outage_grace)

@@ -23,6 +23,8 @@ EventKey = tuple[int, int]
 _EVENT_ID = re.compile(r"(\d{1,19})(?:-(\d{1,19}))?")
 
 INTERRUPTED = Error("interrupted", "the replica running this task stopped before it finished", retryable=True)
+# How a log ends that the store could not keep: out of reach past STORE_OUTAGE_GRACE, or back without the task.
+UNAVAILABLE = Error("unavailable", "the store was unavailable, so this answer is incomplete; try again", retryable=True)
 
 
 class MalformedEventId(ValueError):
@@ -120,14 +122,17 @@ class EventLog(Protocol):
     async def start_task(self, task_id: str, *, owner: str, lease_seconds: float | None, event: Event) -> str:
         """Mark a queued task running on ``owner``, take its lease and append its first event.
 
-        Returns the event's id, or "" if the task was no longer queued (cancelled meanwhile).
+        Returns the event's id, or "" if the task was no longer queued (cancelled meanwhile). Started again by
+        the same owner (a retry whose answer was lost), it returns the id of that first event.
         """
 
-    async def append(self, task_id: str, events: Sequence[Event], *, owner: str) -> str:
+    async def append(self, task_id: str, events: Sequence[Event], *, owner: str, offset: int | None = None) -> str:
         """Append non-terminal events; return the id of the last one.
 
         Raises TaskEnded, writing nothing, unless the task is running on ``owner``: no event ever follows
-        the terminal one, even when another replica ended the task.
+        the terminal one, even when another replica ended the task. ``offset``, if given, is how many events
+        ``owner`` appended before these: an append tried again after a failure then skips what the failed
+        attempt had written after all.
         """
 
     async def finish(self, task_id: str, event: Terminal) -> bool:
@@ -135,6 +140,10 @@ class EventLog(Protocol):
 
     async def release(self, task_id: str) -> None:
         """This replica no longer writes the task (whether or not its terminal event got written)."""
+
+    def abandon(self, task_id: str, event: Error) -> None:
+        """The store could not take the task's terminal event: end this replica's own followers of the task
+        with ``event`` anyway (each at the last id it has, so that resuming there reads on correctly)."""
 
     async def read(self, task_id: str, after: str | None = None) -> EventBatch:
         """Every event after ``after`` (exclusive; None = from the start); MalformedEventId for a bad id."""
@@ -214,8 +223,8 @@ class LogRules(abc.ABC):
     async def start_task(self, task_id: str, *, owner: str, lease_seconds: float | None, event: Event) -> str:
         return await self._start(task_id, owner, lease_ms(lease_seconds), event, now_iso()) or ""
 
-    async def append(self, task_id: str, events: Sequence[Event], *, owner: str) -> str:
-        ids = await self._append(task_id, events, owner)
+    async def append(self, task_id: str, events: Sequence[Event], *, owner: str, offset: int | None = None) -> str:
+        ids = await self._append(task_id, events, owner, offset)
         if ids is None:
             raise TaskEnded(task_id)
         return ids[-1] if ids else ""
@@ -252,8 +261,9 @@ class LogRules(abc.ABC):
         """If ``may_start``: running on ``owner`` (updated ``at``), leased, ``event`` appended; its id."""
 
     @abc.abstractmethod
-    async def _append(self, task_id: str, events: Sequence[Event], owner: str) -> list[str] | None:
-        """If ``may_append``: the events appended; their ids."""
+    async def _append(self, task_id: str, events: Sequence[Event], owner: str, offset: int | None) -> list[str] | None:
+        """If ``may_append``: the events appended (those past the ``offset``-th of the owner's, if given); the ids
+        of all of them."""
 
     @abc.abstractmethod
     async def _finish(self, task_id: str, end: Ending, *, only_if_lapsed: bool) -> bool:

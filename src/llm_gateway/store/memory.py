@@ -9,7 +9,7 @@ import math
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 
-from ..events import Event, TaskInfo
+from ..events import Error, Event, TaskInfo
 from .base import (
     Ending,
     EventBatch,
@@ -24,7 +24,7 @@ from .base import (
 
 
 class _Log:
-    __slots__ = ("cancel_requested", "changed", "events", "info", "keys", "lease_deadline")
+    __slots__ = ("appended", "cancel_requested", "changed", "events", "info", "keys", "lease_deadline")
 
     def __init__(self, info: TaskInfo, lease: int) -> None:
         self.info = info
@@ -33,6 +33,7 @@ class _Log:
         self.changed = asyncio.Event()
         self.lease_deadline = _deadline(lease)
         self.cancel_requested = False
+        self.appended = 0  # events its owner appended (``offset`` of ``append``)
 
     def add(self, event: Event) -> str:
         key = next_event_id(self.keys[-1] if self.keys else (0, 0))
@@ -90,6 +91,8 @@ class MemoryStore(LogRules):
 
     async def _start(self, task_id: str, owner: str, lease: int, event: Event, at: str) -> str | None:
         log = self._logs.get(task_id)
+        if log is not None and log.info.status == "running" and log.info.owner == owner:
+            return log.events[0][0]
         if log is None or not may_start(log.info):
             return None
         log.info.status, log.info.owner, log.info.updated_at = "running", owner, at
@@ -98,11 +101,16 @@ class MemoryStore(LogRules):
         log.notify()
         return event_id
 
-    async def _append(self, task_id: str, events: Sequence[Event], owner: str) -> list[str] | None:
+    async def _append(self, task_id: str, events: Sequence[Event], owner: str, offset: int | None) -> list[str] | None:
         log = self._logs.get(task_id)
         if log is None or not may_append(log.info, owner):
             return None
-        ids = [log.add(event) for event in events]
+        done = 0
+        if offset is not None:
+            done = min(max(log.appended - offset, 0), len(events))
+            log.appended = max(log.appended, offset + len(events))
+        ids = [event_id for event_id, _ in log.events[len(log.events) - done :]] if done else []
+        ids += [log.add(event) for event in events[done:]]
         log.notify()
         return ids
 
@@ -137,6 +145,9 @@ class MemoryStore(LogRules):
 
     async def release(self, task_id: str) -> None:
         return None
+
+    def abandon(self, task_id: str, event: Error) -> None:
+        return None  # never called: this store is in the process, so it takes every terminal event
 
     async def _read(self, task_id: str, after: EventKey | None) -> EventBatch:
         log = self._log(task_id)

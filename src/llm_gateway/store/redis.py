@@ -8,30 +8,49 @@ small values under ``kv:``.
 
 from __future__ import annotations
 
-import asyncio
+import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
+from typing import Any, TypeVar
 
 import msgspec
 import redis.asyncio as redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeoutError
 
-from ..events import TERMINAL_STATUSES, Event, TaskInfo, encode_event
+from ..errors import StoreUnavailable
+from ..events import TERMINAL_STATUSES, Error, Event, TaskInfo, encode_event
 from ..keys import RedisKeys
-from .base import Ending, EventBatch, EventKey, LogRules, format_event_id, parse_event_id
-from .redis_fanout import COMMAND_TIMEOUT, PAGE, Fanout, decode_entries, text
+from .base import UNAVAILABLE, Ending, EventBatch, EventKey, LogRules, format_event_id, parse_event_id
+from .health import StoreHealth
+from .redis_fanout import COMMAND_TIMEOUT, PAGE, Fanout, command, decode_entries, text
 from .redis_scripts import Scripts
 
 ACTIVE_TTL = 24 * 3600  # a running task's keys outlive any generation; finished ones get STREAM_TTL_SECONDS
 POOL_SIZE = 32  # connections for commands, per replica; live reads use one more, of their own
+HEALTH_CHECK_SECONDS = 15  # a pooled connection idle this long is pinged before it is used again
+RETRY_SECONDS = 0.5  # a follower whose reads fail tries again this often (or when the store answers again)
+
+T = TypeVar("T")
 
 
 class RedisStore(LogRules):
-    def __init__(self, client: redis.Redis, url: str, *, prefix: str = "llmgw:", stream_ttl: int = 3600) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        url: str,
+        *,
+        prefix: str = "llmgw:",
+        stream_ttl: int = 3600,
+        outage_grace: float = 30.0,
+    ) -> None:
         self._redis = client
         self._stream_ttl = stream_ttl
+        self._grace = outage_grace
         self._keys = RedisKeys(prefix)
         self._fanout = Fanout(url, self._keys.wake(uuid.uuid4().hex))
+        self._health = StoreHealth(self.ping, self._fanout.poke)
         self._lua = Scripts(client)
 
     @property
@@ -40,46 +59,63 @@ class RedisStore(LogRules):
 
     @classmethod
     def from_url(
-        cls, url: str, *, prefix: str = "llmgw:", stream_ttl: int = 3600, max_connections: int = POOL_SIZE
+        cls,
+        url: str,
+        *,
+        prefix: str = "llmgw:",
+        stream_ttl: int = 3600,
+        outage_grace: float = 30.0,
+        max_connections: int = POOL_SIZE,
     ) -> RedisStore:
-        # No socket_timeout: on Python 3.11 redis-py wraps every read in wait_for, a Task per command. Callers
-        # bound their waits with asyncio.timeout instead (COMMAND_TIMEOUT here, the runner's own elsewhere).
+        # No socket_timeout: on Python 3.11 redis-py sends every command through wait_for, a Task per command.
+        # Every command is bounded by asyncio.timeout instead (``command``: COMMAND_TIMEOUT, or the caller's).
         # A bounded pool: a burst of commands waits for a connection instead of opening one each.
+        # After an outage the pool holds connections the server has dropped: redis-py tries a command that
+        # fails on one again on a new connection (after a health-check PING if it sat idle), so the first
+        # requests after a recovery succeed. A command tried twice is written once: appends carry their offset,
+        # a start repeated by its owner answers the same id, a second finish changes nothing.
         pool = redis.BlockingConnectionPool.from_url(
             url,
             max_connections=max_connections,
             timeout=COMMAND_TIMEOUT,
             socket_timeout=None,
-            socket_connect_timeout=5,
-            health_check_interval=0,
+            socket_connect_timeout=2,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=3),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+            health_check_interval=HEALTH_CHECK_SECONDS,
         )
-        return cls(redis.Redis.from_pool(pool), url, prefix=prefix, stream_ttl=stream_ttl)  # owns (closes) the pool
+        client = redis.Redis.from_pool(pool)  # owns (closes) the pool
+        return cls(client, url, prefix=prefix, stream_ttl=stream_ttl, outage_grace=outage_grace)
 
     async def connect(self) -> None:
-        """Start the live reader. Redis need not be up: the reader retries, and commands fail until it is."""
+        """Start the live reader and the health probe. Redis need not be up: both retry, and commands fail
+        (StoreUnavailable) until it is."""
         self._fanout.start(self._redis)
+        self._health.start()
 
     async def ping(self) -> None:
-        async with asyncio.timeout(2):
-            await self._redis.ping()
+        await self._call(self._redis.ping(), timeout=2)
+
+    async def _call(self, reply: Awaitable[T], *, timeout: float = COMMAND_TIMEOUT) -> T:
+        """Every command of the store: bounded, StoreUnavailable when out of reach, and an answer noted."""
+        result = await command(reply, timeout=timeout)
+        self._health.answered()
+        return result
 
     async def _create(self, info: TaskInfo, lease: int) -> TaskInfo | None:
         keys = [self._keys.task(info.task_id), self._keys.running]
         args: list[str | int] = [info.task_id, info.fingerprint, info.model, info.created_at, ACTIVE_TTL, lease]
-        async with asyncio.timeout(COMMAND_TIMEOUT):
-            reply = await self._lua.create(keys=keys, args=args)
+        reply = await self._call(self._lua.create(keys=keys, args=args))
         return None if reply == 1 else _task_info(dict(zip(reply[::2], reply[1::2], strict=True)))
 
     async def get_task(self, task_id: str) -> TaskInfo | None:
-        async with asyncio.timeout(COMMAND_TIMEOUT):
-            fields = await self._redis.hgetall(self._keys.task(task_id))
+        fields = await self._call(self._redis.hgetall(self._keys.task(task_id)))
         return _task_info(fields) if fields else None
 
     async def _start(self, task_id: str, owner: str, lease: int, event: Event, at: str) -> str | None:
         keys = [self._keys.task(task_id), self._keys.events(task_id), self._keys.running]
         args: list[str | bytes | int] = [task_id, owner, lease, at, encode_event(event), ACTIVE_TTL]
-        async with asyncio.timeout(COMMAND_TIMEOUT):
-            reply = await self._lua.start(keys=keys, args=args)
+        reply = await self._call(self._lua.start(keys=keys, args=args))
         if reply is None:
             return None
         event_id = text(reply)
@@ -87,10 +123,10 @@ class RedisStore(LogRules):
         self._fanout.deliver(keys[1], [(event_id, event)])
         return event_id
 
-    async def _append(self, task_id: str, events: Sequence[Event], owner: str) -> list[str] | None:
+    async def _append(self, task_id: str, events: Sequence[Event], owner: str, offset: int | None) -> list[str] | None:
         keys = [self._keys.task(task_id), self._keys.events(task_id)]
-        async with asyncio.timeout(COMMAND_TIMEOUT):
-            ids = await self._lua.append(keys=keys, args=[owner, *map(encode_event, events)])
+        args = [owner, "" if offset is None else offset, *map(encode_event, events)]
+        ids = await self._call(self._lua.append(keys=keys, args=args))
         if ids is None:
             return None
         batch = [(text(event_id), event) for event_id, event in zip(ids, events, strict=True)]
@@ -110,24 +146,24 @@ class RedisStore(LogRules):
             task_id,
             "1" if only_if_lapsed else "",
         ]
-        async with asyncio.timeout(COMMAND_TIMEOUT):
-            reply = await self._lua.finish(keys=keys, args=args)
+        reply = await self._call(self._lua.finish(keys=keys, args=args))
         if reply is not None:
             self._fanout.deliver(keys[1], [(text(reply), end.event)])
         return reply is not None
 
     async def _lapsed(self) -> list[str]:
-        async with asyncio.timeout(COMMAND_TIMEOUT):
-            return [text(task_id) for task_id in await self._lua.lapsed(keys=[self._keys.running])]
+        return [text(task_id) for task_id in await self._call(self._lua.lapsed(keys=[self._keys.running]))]
 
     async def _renew(self, task_ids: Sequence[str], lease: int) -> list[str]:
         keys = [self._keys.running, *map(self._keys.task, task_ids)]
-        async with asyncio.timeout(COMMAND_TIMEOUT):
-            cancelled = await self._lua.renew(keys=keys, args=[lease, *task_ids])
+        cancelled = await self._call(self._lua.renew(keys=keys, args=[lease, *task_ids]))
         return [text(task_id) for task_id in cancelled]
 
     async def release(self, task_id: str) -> None:
         await self._fanout.local_end(self._keys.events(task_id))
+
+    def abandon(self, task_id: str, event: Error) -> None:
+        self._fanout.fail(self._keys.events(task_id), event)
 
     async def _read(self, task_id: str, after: EventKey | None) -> EventBatch:
         cursor = None if after is None else format_event_id(after)
@@ -141,30 +177,47 @@ class RedisStore(LogRules):
 
     async def _page(self, key: str, after: str | None) -> EventBatch:
         start = "-" if after is None else f"({after}"
-        async with asyncio.timeout(COMMAND_TIMEOUT):
-            entries: Any = await self._redis.xrange(key, start, "+", count=PAGE)
+        entries: Any = await self._call(self._redis.xrange(key, start, "+", count=PAGE))
         return decode_entries(entries)
 
     async def _follow(self, task_id: str, after: EventKey, heartbeat: float) -> AsyncGenerator[EventBatch]:
+        """Live batches: pushed by the reader (or this replica's writer), and ``look``ed up in the log when the
+        push may have missed something: at the start, after a slow subscriber's overflow, on a heartbeat, and
+        when the store answers again. While the store does not answer the follower waits, up to the grace;
+        then, or if the store came back without the task, it ends with UNAVAILABLE."""
         key = self._keys.events(task_id)
         last = after
         sub, needs_wake = self._fanout.subscribe(key, format_event_id(last))
+        look, first = True, True
+        failing_since: float | None = None
         try:
-            if needs_wake:
-                await self._fanout.wake()
-            catch_up, first = True, True
             while True:
-                if catch_up:
-                    # What the reader delivered before we joined, or what a slow subscriber dropped.
+                if look:
                     sub.overflowed = False
-                    sub.take()
-                    batch = await self._page(key, None if last == (0, 0) else format_event_id(last))
-                    catch_up = len(batch) == PAGE
-                    if first and not batch and await self._ended(task_id):
-                        return  # resumed at or after the terminal event: nothing more will come
+                    sub.take()  # what the reader delivered before we joined, or what overflowed: read it instead
+                    attempt = time.monotonic()
+                    try:
+                        if needs_wake:
+                            await self._fanout.wake()
+                            needs_wake = False
+                        batch, status = await self._look(task_id, key, last)
+                    except StoreUnavailable:
+                        failing_since = failing_since or attempt
+                        if self._out_for(failing_since) >= self._grace:
+                            yield [(format_event_id(last), UNAVAILABLE)]
+                            return
+                        await sub.wait(RETRY_SECONDS)  # poked when the store answers again
+                        continue
+                    failing_since = None
+                    look = len(batch) == PAGE
+                    if not batch and status is None and not first:
+                        yield [(format_event_id(last), UNAVAILABLE)]  # the store came back without the task
+                        return
+                    if not batch and _over(status):
+                        return  # unknown, or resumed at or after the terminal event: nothing more will come
                     first = False
                 elif sub.overflowed:
-                    catch_up = True
+                    look = True
                     continue
                 elif sub.backlog:
                     batch = []
@@ -173,16 +226,19 @@ class RedisStore(LogRules):
                         if (item_key := parse_event_id(item[0])) > seen:
                             batch.append(item)
                             seen = item_key
+                elif sub.failure is not None:
+                    yield [(format_event_id(last), sub.failure)]  # this replica's writer could not store it
+                    return
                 else:
-                    try:
-                        async with asyncio.timeout(heartbeat):
-                            await sub.ready.wait()
-                    except TimeoutError:
-                        if await self._ended(task_id):
-                            # Ended while the reader had not handed us its last events yet: read them (or,
-                            # if nothing is left because the log expired, stop).
-                            catch_up = first = True
-                            continue
+                    silent = self._health.silent_for()
+                    if silent is not None and silent >= self._grace:
+                        yield [(format_event_id(last), UNAVAILABLE)]
+                        return
+                    poked = await sub.wait(heartbeat if silent is None else min(heartbeat, self._grace - silent))
+                    # Look in the log on a heartbeat (it may have ended while the reader had not handed us its
+                    # last events yet) and when poked (the store may be back without the task), once it answers.
+                    look = self._health.silent_for() is None and not sub.backlog and sub.failure is None
+                    if not poked:
                         yield []
                     continue
                 if batch:
@@ -191,81 +247,89 @@ class RedisStore(LogRules):
         finally:
             self._fanout.unsubscribe(key, sub)
 
-    async def _ended(self, task_id: str) -> bool:
-        """Finished, or gone (expired)."""
-        async with asyncio.timeout(COMMAND_TIMEOUT):
-            status = await self._redis.hget(self._keys.task(task_id), "status")
-        return status is None or text(status) in TERMINAL_STATUSES
+    async def _look(self, task_id: str, key: str, last: EventKey) -> tuple[EventBatch, str | None]:
+        """The events after ``last``; when there are none, the task's status too (None: gone)."""
+        cursor = None if last == (0, 0) else format_event_id(last)
+        batch = await self._page(key, cursor)
+        if batch:
+            return batch, "running"
+        raw = await self._call(self._redis.hget(self._keys.task(task_id), "status"))
+        status = None if raw is None else text(raw)
+        if _over(status):
+            batch = await self._page(key, cursor)  # it may have ended between the two reads
+        return batch, status
+
+    def _out_for(self, failing_since: float) -> float:
+        """How long the store has failed a follower: its own failed reads, or the probe's silence if longer."""
+        return max(time.monotonic() - failing_since, self._health.silent_for() or 0.0)
 
     async def request_cancel(self, task_id: str) -> None:
-        async with asyncio.timeout(COMMAND_TIMEOUT):
-            await self._lua.request_cancel(keys=[self._keys.task(task_id), self._keys.cancel], args=[task_id])
+        await self._call(self._lua.request_cancel(keys=[self._keys.task(task_id), self._keys.cancel], args=[task_id]))
 
     async def cancel_requests(self) -> AsyncIterator[str]:
         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
         try:
-            async with asyncio.timeout(COMMAND_TIMEOUT):
-                await pubsub.subscribe(self._keys.cancel)
+            await self._call(pubsub.subscribe(self._keys.cancel))
             while True:
-                message = await pubsub.get_message(timeout=5.0)
+                # Not ``_call``: no message within the timeout is no answer from the store.
+                message = await command(pubsub.get_message(timeout=5.0), timeout=5.0 + COMMAND_TIMEOUT)
                 if message is not None and message["type"] == "message":
                     yield text(message["data"])
         finally:
             await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def get_value(self, key: str) -> bytes | None:
-        async with asyncio.timeout(COMMAND_TIMEOUT):
-            value = await self._redis.get(self._keys.value(key))
+        value = await self._call(self._redis.get(self._keys.value(key)))
         return None if value is None else value if isinstance(value, bytes) else value.encode()
 
     async def set_value(self, key: str, value: bytes, *, ttl: float) -> None:
-        async with asyncio.timeout(COMMAND_TIMEOUT):
-            await self._redis.set(self._keys.value(key), value, px=max(1, int(ttl * 1000)))
+        await self._call(self._redis.set(self._keys.value(key), value, px=_ms(ttl)))
 
     async def set_value_if_absent(self, key: str, value: bytes, *, ttl: float) -> bool:
-        async with asyncio.timeout(COMMAND_TIMEOUT):
-            return bool(await self._redis.set(self._keys.value(key), value, px=max(1, int(ttl * 1000)), nx=True))
+        return bool(await self._call(self._redis.set(self._keys.value(key), value, px=_ms(ttl), nx=True)))
 
     async def refresh_value(self, key: str, value: bytes, *, ttl: float) -> bool:
-        async with asyncio.timeout(COMMAND_TIMEOUT):
-            return bool(await self._lua.refresh_if(keys=[self._keys.value(key)], args=[value, max(1, int(ttl * 1000))]))
+        return bool(await self._call(self._lua.refresh_if(keys=[self._keys.value(key)], args=[value, _ms(ttl)])))
 
     async def delete_value(self, key: str, *, if_equals: bytes | None = None) -> None:
-        async with asyncio.timeout(COMMAND_TIMEOUT):
-            if if_equals is None:
-                await self._redis.delete(self._keys.value(key))
-            else:
-                await self._lua.delete_if(keys=[self._keys.value(key)], args=[if_equals])
+        if if_equals is None:
+            await self._call(self._redis.delete(self._keys.value(key)))
+        else:
+            await self._call(self._lua.delete_if(keys=[self._keys.value(key)], args=[if_equals]))
 
     async def count_in_window(self, key: str, *, ttl: float) -> int:
-        async with asyncio.timeout(COMMAND_TIMEOUT):
-            return int(await self._lua.count_in_window(keys=[self._keys.value(key)], args=[max(1, int(ttl * 1000))]))
+        return int(await self._call(self._lua.count_in_window(keys=[self._keys.value(key)], args=[_ms(ttl)])))
 
     async def claim_slot(self, key: str, member: str, *, limit: int, ttl: float) -> bool:
-        async with asyncio.timeout(COMMAND_TIMEOUT):
-            args: list[str | int] = [member, limit, max(1, int(ttl * 1000))]
-            return bool(await self._lua.claim_slot(keys=[self._keys.value(key)], args=args))
+        args: list[str | int] = [member, limit, _ms(ttl)]
+        return bool(await self._call(self._lua.claim_slot(keys=[self._keys.value(key)], args=args)))
 
     async def release_slot(self, key: str, member: str) -> None:
-        async with asyncio.timeout(COMMAND_TIMEOUT):
-            await self._redis.zrem(self._keys.value(key), member)
+        await self._call(self._redis.zrem(self._keys.value(key), member))
 
     async def add_member(self, name: str, member: str) -> None:
-        async with asyncio.timeout(COMMAND_TIMEOUT):
-            await self._redis.sadd(self._keys.value(name), member)
+        await self._call(self._redis.sadd(self._keys.value(name), member))
 
     async def remove_member(self, name: str, member: str) -> None:
-        async with asyncio.timeout(COMMAND_TIMEOUT):
-            await self._redis.srem(self._keys.value(name), member)
+        await self._call(self._redis.srem(self._keys.value(name), member))
 
     async def members(self, name: str) -> set[str]:
-        async with asyncio.timeout(COMMAND_TIMEOUT):
-            found: Any = await self._redis.smembers(self._keys.value(name))
+        found: Any = await self._call(self._redis.smembers(self._keys.value(name)))
         return {text(member) for member in found}
 
     async def close(self) -> None:
+        await self._health.stop()
         await self._fanout.stop()
         await self._redis.aclose()
+
+
+def _over(status: str | None) -> bool:
+    """Nothing more will come to the log: the task ended, or is gone."""
+    return status is None or status in TERMINAL_STATUSES
+
+
+def _ms(ttl: float) -> int:
+    return max(1, int(ttl * 1000))
 
 
 def _task_info(fields: dict[Any, Any]) -> TaskInfo:

@@ -12,11 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import redis.asyncio as redis
+from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeoutError
 
 from ..aio import cancel_and_wait
+from ..errors import StoreUnavailable
 from ..events import Complete, Error, decode_event
 from .base import EventBatch, parse_event_id
 
@@ -26,6 +29,21 @@ PAGE = 1000
 BLOCK_MS = 5000
 COMMAND_TIMEOUT = 10.0
 SUBSCRIBER_BACKLOG = 4096  # events buffered for one slow subscriber before it falls back to XRANGE
+READER_BACKOFF_MAX = 1.0  # live reads resume within a second of the store coming back
+
+# What says the store is out of reach (redis-py's BusyLoadingError, a restarting server, is a ConnectionError).
+UNREACHABLE = (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError)
+
+T = TypeVar("T")
+
+
+async def command(reply: Awaitable[T], *, timeout: float = COMMAND_TIMEOUT) -> T:
+    """Await one store command, bounded by ``timeout``; StoreUnavailable if the store is out of reach."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await reply
+    except UNREACHABLE as exc:
+        raise StoreUnavailable(type(exc).__name__) from exc
 
 
 def text(value: bytes | str) -> str:
@@ -37,11 +55,12 @@ def decode_entries(entries: list[Any]) -> EventBatch:
 
 
 class Subscription:
-    __slots__ = ("backlog", "overflowed", "ready")
+    __slots__ = ("backlog", "failure", "overflowed", "ready")
 
     def __init__(self) -> None:
         self.backlog: EventBatch = []
         self.overflowed = False
+        self.failure: Error | None = None  # the terminal event the owner could not store (``Fanout.fail``)
         self.ready = asyncio.Event()
 
     def deliver(self, batch: EventBatch) -> None:
@@ -58,6 +77,21 @@ class Subscription:
         batch, self.backlog = self.backlog, []
         self.ready.clear()
         return batch
+
+    def fail(self, event: Error) -> None:
+        self.failure = event
+        self.ready.set()
+
+    async def wait(self, timeout: float) -> bool:
+        """Until something is delivered or the subscriber is poked; False after ``timeout`` seconds of nothing."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self.ready.wait()
+        except TimeoutError:
+            return False
+        if not self.backlog and not self.overflowed:
+            self.ready.clear()  # a poke: nothing to take
+        return True
 
 
 class Fanout:
@@ -108,9 +142,10 @@ class Fanout:
 
     async def local_end(self, key: str) -> None:
         self._local.discard(key)
-        if key in self._subs and key not in self._ended:
-            await self.wake()  # someone still follows: read the rest (say, a reaper's terminal event) by XREAD
+        delivered = key in self._ended
         self._ended.discard(key)
+        if key in self._subs and not delivered:
+            await self.wake()  # someone still follows: read the rest (say, a reaper's terminal event) by XREAD
 
     def deliver(self, key: str, batch: EventBatch) -> None:
         """Hand a batch just stored by this replica to its local subscribers (they drop what they have)."""
@@ -125,6 +160,17 @@ class Fanout:
             for sub in tuple(subs):
                 sub.deliver(batch)
 
+    def fail(self, key: str, event: Error) -> None:
+        """End this replica's subscribers of ``key`` with ``event``, which the store could not take."""
+        for sub in tuple(self._subs.get(key, ())):
+            sub.fail(event)
+
+    def poke(self) -> None:
+        """Wake every subscriber to look again: the store stopped or started answering."""
+        for subs in self._subs.values():
+            for sub in subs:
+                sub.ready.set()
+
     def unsubscribe(self, key: str, sub: Subscription) -> None:
         subs = self._subs.get(key)
         if subs is not None:
@@ -137,8 +183,7 @@ class Fanout:
         self._idle.set()
         if not self._wake_pending and self._waker is not None:
             self._wake_pending = True
-            async with asyncio.timeout(COMMAND_TIMEOUT):
-                await self._waker.xadd(self._wake_key, {b"w": b"1"}, maxlen=16, approximate=True)
+            await command(self._waker.xadd(self._wake_key, {b"w": b"1"}, maxlen=16, approximate=True))
 
     async def _run(self) -> None:
         backoff = 0.1
@@ -151,9 +196,11 @@ class Fanout:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a lost connection must not end live reads: reconnect with backoff
-                log.warning("redis stream reader failed (%s); reconnecting in %.1fs", type(exc).__name__, backoff)
+                # An unreachable store is logged once, by StoreHealth; anything else is ours to tell.
+                level = logging.DEBUG if isinstance(exc, UNREACHABLE) else logging.WARNING
+                log.log(level, "redis stream reader failed (%s); reconnecting in %.1fs", type(exc).__name__, backoff)
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                backoff = min(backoff * 2, READER_BACKOFF_MAX)
             finally:
                 await reader.aclose()
 

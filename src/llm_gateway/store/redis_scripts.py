@@ -22,20 +22,37 @@ end
 return 1
 """
 
-# Appends only while the task runs on this owner: nothing may follow a terminal event.
+# Appends only while the task runs on this owner: nothing may follow a terminal event. ARGV[2], when set, is
+# how many events the owner had appended before these: an attempt whose answer was lost (a timeout, a dropped
+# connection) may have been written, so its retry skips what is there and returns the ids it got.
 APPEND = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' or redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then
   return false
 end
+local n, done = #ARGV - 2, 0
+if ARGV[2] ~= '' then
+  local appended = tonumber(redis.call('HGET', KEYS[1], 'appended') or '0')
+  done = math.min(math.max(appended - tonumber(ARGV[2]), 0), n)
+  redis.call('HSET', KEYS[1], 'appended', math.max(appended, tonumber(ARGV[2]) + n))
+end
 local ids = {}
-for i = 2, #ARGV do ids[#ids + 1] = redis.call('XADD', KEYS[2], '*', 'e', ARGV[i]) end
+if done > 0 then
+  local written = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', done)
+  for i = #written, 1, -1 do ids[#ids + 1] = written[i][1] end
+end
+for i = 3 + done, #ARGV do ids[#ids + 1] = redis.call('XADD', KEYS[2], '*', 'e', ARGV[i]) end
 return ids
 """
 
+# Starting again on the same owner (a retry whose first answer was lost) answers the id of the first event.
 START = """
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
-if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return false end
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'running' and redis.call('HGET', KEYS[1], 'owner') == ARGV[2] then
+  return redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)[1][1]
+end
+if status ~= 'queued' then return false end
 redis.call('HSET', KEYS[1], 'status', 'running', 'owner', ARGV[2], 'updated_at', ARGV[4])
 if tonumber(ARGV[3]) >= 0 then redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), ARGV[1]) end
 local id = redis.call('XADD', KEYS[2], '*', 'e', ARGV[5])

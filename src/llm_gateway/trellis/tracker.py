@@ -26,7 +26,7 @@ from ..errors import GatewayError
 from ..events import Complete, Error, Event, Progress, Start, TokenUsage
 from ..lease import Lease
 from ..locks import held
-from ..store import EventBatch, Store, TaskEnded
+from ..store import EventBatch, Store, TaskEnded, quiet_level
 from ..tenants import ANONYMOUS
 from .client import PiAPIClient, is_piapi_id
 from .status import PENDING, ends, is_final, to_progress
@@ -147,7 +147,7 @@ class TrellisTracker:
             try:
                 await self._offer()
             except Exception as exc:  # the store may be down for a while: keep offering
-                log.warning("trellis tracker: %s", type(exc).__name__)
+                log.log(quiet_level(exc), "trellis tracker: %s", type(exc).__name__)
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.interval / 2):
@@ -171,7 +171,7 @@ class TrellisTracker:
             async with lease:
                 await self._poll_held(task_id, lease)
         except Exception as exc:  # the store is unwell: stop; the offer loop starts a poller again later
-            log.warning("trellis poller of %s stopped: %s", task_id, type(exc).__name__)
+            log.log(quiet_level(exc), "trellis poller of %s stopped: %s", task_id, type(exc).__name__)
         finally:
             self._pollers.pop(task_id, None)
 
