@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from ..aio import cancel_and_wait
 from ..errors import StoreUnavailable
+from ..metrics import STORE_OUTAGE
 
 log = logging.getLogger("llm_gateway.store")
 
@@ -55,7 +56,9 @@ class StoreHealth:
         """The store answered a command: it is up (whatever the probe last saw)."""
         self._answered_at = time.monotonic()
         if self._down_since is not None:
-            log.warning("store back after %.1fs", self._answered_at - self._down_since)
+            outage = self._answered_at - self._down_since
+            log.warning("store back after %.1fs", outage)
+            STORE_OUTAGE.inc(outage)
             self._down_since = None
             self._on_change()
 
