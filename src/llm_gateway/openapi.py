@@ -8,20 +8,21 @@ as it is. WebSocket routes cannot be described in OpenAPI; the document's descri
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import msgspec
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from . import __version__
+from .dialects import DIALECTS
 from .errors import ErrorBody
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 QUERY = {
-    "format": ("SSE dialect: native, text, status, tanstack or agui", {"type": "string"}),
+    "format": ("SSE dialect (API.md §3): " + ", ".join(DIALECTS), {"type": "string", "enum": list(DIALECTS)}),
     "last_event_id": ("resume after this event id (as the Last-Event-ID header)", {"type": "string"}),
     "runId": ("the AG-UI run (= task id) to join", {"type": "string"}),
     "offset": ("-1 joins from the start; an event id resumes after it", {"type": "string"}),
@@ -34,9 +35,23 @@ LAST_EVENT_ID = {
     "description": "resume after this event id (sent by EventSource on reconnect)",
     "schema": {"type": "string"},
 }
+# OpenAPI 3.1 (no ``itemSchema`` yet) has a text/event-stream ``schema`` describe one event, as an EventSource
+# parser reads it: the frame's ``event`` (``message`` when the frame names none), its ``data`` lines (joined by
+# newlines; JSON in every dialect but ``text``) and the last ``id`` seen, which the closing ``data: [DONE]``
+# of the text and tanstack dialects does not carry (a stream of nothing else has none).
+SSE_EVENT = {
+    "type": "object",
+    "properties": {
+        "event": {"type": "string"},
+        "id": {"type": "string"},
+        "data": {"type": "string"},
+        "retry": {"type": "integer", "minimum": 0},
+    },
+    "required": ["event", "data"],
+}
 SSE_DESCRIPTION = (
-    "Server-sent events. Every frame carries `id:`; `Last-Event-ID` (or `?last_event_id=`) resumes after it. "
-    "`?format=` picks the dialect: native, text, status, tanstack, agui (API.md §3)."
+    "Server-sent events. Every frame but the closing `data: [DONE]` carries `id:`; `Last-Event-ID` (or "
+    "`?last_event_id=`) resumes after it. `?format=` picks the dialect (API.md §3)."
 )
 
 
@@ -49,6 +64,8 @@ class Doc:
     stream: str | None = None  # the default SSE dialect, for event streams
     query: Sequence[str] = ()
     tag: str = ""
+    # Answers beside the success and the error shape: status (or "4XX") -> (description, any of these types)
+    others: Mapping[str, tuple[str, Sequence[type[Any]]]] = field(default_factory=dict)
 
 
 def doc(summary: str, **details: Any) -> Callable[[F], F]:
@@ -75,8 +92,10 @@ def build(routes: Sequence[BaseRoute], *, title: str = "llm-gateway") -> dict[st
         types.extend(spec.body)
         if spec.response is not None:
             types.append(spec.response)
+        types.extend(t for _, alternatives in spec.others.values() for t in alternatives)
     unique = list(dict.fromkeys(types))
     schemas, components = msgspec.json.schema_components(unique, ref_template="#/components/schemas/{name}")
+    components["ServerSentEvent"] = {"title": "ServerSentEvent", **SSE_EVENT}
     ref = dict(zip(unique, schemas, strict=True))
 
     paths: dict[str, dict[str, Any]] = {}
@@ -105,12 +124,17 @@ def build(routes: Sequence[BaseRoute], *, title: str = "llm-gateway") -> dict[st
             operation["responses"]["422"] = {"description": "Invalid body", "content": _json(ref[ErrorBody])}
         if spec.stream:
             description = f"{SSE_DESCRIPTION} Default here: `{spec.stream}`."
-            content = {"text/event-stream": {"schema": {"type": "string"}}}
+            content = {"text/event-stream": {"schema": {"$ref": "#/components/schemas/ServerSentEvent"}}}
             operation["responses"][str(spec.status)] = {"description": description, "content": content}
         elif spec.response is not None:
             operation["responses"][str(spec.status)] = {"description": "OK", "content": _json(ref[spec.response])}
         else:
             operation["responses"][str(spec.status)] = {"description": "OK"}
+        for status, (description, alternatives) in spec.others.items():
+            operation["responses"][status] = {"description": description}
+            if alternatives:
+                schema = ref[alternatives[0]] if len(alternatives) == 1 else {"anyOf": [ref[t] for t in alternatives]}
+                operation["responses"][status]["content"] = _json(schema)
         paths.setdefault(route.path, {})[method.lower()] = operation
 
     sockets = ", ".join(f"`{r.path}`" for r in routes if isinstance(r, WebSocketRoute))
