@@ -65,7 +65,14 @@ async def test_bodies_and_answers_match_the_types(gateway: str) -> None:
         "MessagesRequest",
     ]
     subscribe = document["paths"]["/api/claude/subscribe/{task_id}"]["get"]
-    assert "text/event-stream" in subscribe["responses"]["200"]["content"]
+    # OpenAPI 3.1: the schema of an event stream describes one event, as an EventSource reads it.
+    assert subscribe["responses"]["200"]["content"]["text/event-stream"]["schema"] == {
+        "$ref": "#/components/schemas/ServerSentEvent"
+    }
+    assert schemas["ServerSentEvent"]["required"] == ["event", "data"]
+    assert next(p for p in subscribe["parameters"] if p["name"] == "format")["schema"]["enum"][:2] == ["native", "text"]
+    health = document["paths"]["/health"]["get"]["responses"]
+    assert health["503"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Health"}
     assert {p["name"] for p in subscribe["parameters"]} == {"task_id", "format", "last_event_id", "Last-Event-ID"}
     references = {ref for ref in json.dumps(document).split('"') if ref.startswith("#/components/schemas/")}
     assert {ref.rsplit("/", 1)[1] for ref in references} <= set(schemas)

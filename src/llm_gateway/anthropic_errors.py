@@ -50,6 +50,19 @@ ANTHROPIC_ERRORS: dict[ErrorType, tuple[int, str]] = {
     "cancelled": (499, "invalid_request_error"),
 }
 
+
+class AnthropicErrorDetail(msgspec.Struct):
+    type: str
+    message: str
+
+
+class AnthropicErrorBody(msgspec.Struct):
+    """Anthropic's error answer, for the OpenAPI document (the bodies themselves are built below)."""
+
+    type: str
+    error: AnthropicErrorDetail
+
+
 _encode = msgspec.json.Encoder().encode
 _decode_ours = msgspec.json.Decoder(ErrorBody).decode
 

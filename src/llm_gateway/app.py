@@ -13,6 +13,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Match, Route
 
 from .ai_chats import AiChats
 from .answers import AnswerCache
@@ -48,7 +49,19 @@ async def http_error(request: Request, exc: Exception) -> Response:
     message = {404: f"no route for {request.url.path}", 405: f"{request.method} not allowed here"}
     error = GatewayError(kinds.get(exc.status_code, "invalid_request"), message.get(exc.status_code, str(exc.detail)))
     error.status = exc.status_code
-    return wire_error_response(request.scope, error)
+    response = wire_error_response(request.scope, error)
+    if exc.status_code == 405:
+        # RFC 9110: a 405 lists what the resource allows, from every route of the path (Starlette names one).
+        response.headers["Allow"] = ", ".join(allowed_methods(request))
+    return response
+
+
+def allowed_methods(request: Request) -> list[str]:
+    allowed: set[str] = set()
+    for route in request.app.routes:
+        if isinstance(route, Route) and route.methods and route.matches(request.scope)[0] != Match.NONE:
+            allowed |= route.methods
+    return sorted(allowed)
 
 
 async def store_unavailable(request: Request, exc: Exception) -> Response:

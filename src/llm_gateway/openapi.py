@@ -8,8 +8,8 @@ as it is. WebSocket routes cannot be described in OpenAPI; the document's descri
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import msgspec
@@ -22,7 +22,7 @@ from .errors import ErrorBody
 F = TypeVar("F", bound=Callable[..., Any])
 
 QUERY = {
-    "format": (f"SSE dialect: {', '.join(DIALECTS)}", {"type": "string"}),
+    "format": ("SSE dialect (API.md §3): " + ", ".join(DIALECTS), {"type": "string", "enum": list(DIALECTS)}),
     "last_event_id": ("resume after this event id (as the Last-Event-ID header)", {"type": "string"}),
     "runId": ("the AG-UI run (= task id) to join", {"type": "string"}),
     "offset": ("-1 joins from the start; an event id resumes after it", {"type": "string"}),
@@ -35,9 +35,23 @@ LAST_EVENT_ID = {
     "description": "resume after this event id (sent by EventSource on reconnect)",
     "schema": {"type": "string"},
 }
+# OpenAPI 3.1 (no ``itemSchema`` yet) has a text/event-stream ``schema`` describe one event, as an EventSource
+# parser reads it: the frame's ``event`` (``message`` when the frame names none), its ``data`` lines (joined by
+# newlines; JSON in every dialect but ``text``) and the last ``id`` seen, which the closing ``data: [DONE]``
+# of the text and tanstack dialects does not carry (a stream of nothing else has none).
+SSE_EVENT = {
+    "type": "object",
+    "properties": {
+        "event": {"type": "string"},
+        "id": {"type": "string"},
+        "data": {"type": "string"},
+        "retry": {"type": "integer", "minimum": 0},
+    },
+    "required": ["event", "data"],
+}
 SSE_DESCRIPTION = (
-    "Server-sent events. Every frame carries `id:`; `Last-Event-ID` (or `?last_event_id=`) resumes after it. "
-    f"`?format=` picks the dialect: {', '.join(DIALECTS)} (API.md §3)."
+    "Server-sent events. Every frame but the closing `data: [DONE]` carries `id:`; `Last-Event-ID` (or "
+    "`?last_event_id=`) resumes after it. `?format=` picks the dialect (API.md §3)."
 )
 
 
@@ -52,6 +66,8 @@ class Doc:
     tag: str = ""
     error: type[Any] = ErrorBody  # a drop-in API answers errors in its vendor's shape
     invalid_status: int = 422
+    # Answers beside the success and the error shape: status (or "4XX") -> (description, any of these types)
+    others: Mapping[str, tuple[str, Sequence[type[Any]]]] = field(default_factory=dict)
 
 
 def doc(summary: str, **details: Any) -> Callable[[F], F]:
@@ -83,8 +99,10 @@ def build(routes: Sequence[BaseRoute], *, title: str = "llm-gateway") -> dict[st
         types.extend([*spec.body, spec.error])
         if spec.response is not None:
             types.append(spec.response)
+        types.extend(t for _, alternatives in spec.others.values() for t in alternatives)
     unique = list(dict.fromkeys(types))
     schemas, components = msgspec.json.schema_components(unique, ref_template="#/components/schemas/{name}")
+    components["ServerSentEvent"] = {"title": "ServerSentEvent", **SSE_EVENT}
     ref = dict(zip(unique, schemas, strict=True))
 
     paths: dict[str, dict[str, Any]] = {}
@@ -103,7 +121,7 @@ def build(routes: Sequence[BaseRoute], *, title: str = "llm-gateway") -> dict[st
             {"name": name, "in": "query", "required": False, "description": QUERY[name][0], "schema": QUERY[name][1]}
             for name in spec.query
         ]
-        if spec.stream:
+        if spec.stream and spec.response is None:  # a drop-in API streams only what it was asked, no resume
             parameters.append(LAST_EVENT_ID)
         if parameters:
             operation["parameters"] = parameters
@@ -114,12 +132,20 @@ def build(routes: Sequence[BaseRoute], *, title: str = "llm-gateway") -> dict[st
             operation["responses"][str(spec.invalid_status)] = invalid
         if spec.stream:
             description = f"{SSE_DESCRIPTION} Default here: `{spec.stream}`."
-            content = {"text/event-stream": {"schema": {"type": "string"}}}
+            content = {"text/event-stream": {"schema": {"$ref": "#/components/schemas/ServerSentEvent"}}}
+            if spec.response is not None:  # a drop-in API answers in JSON, or streams when asked to
+                description = f"JSON, or with `stream: true` an event stream ({spec.stream})."
+                content = {**_json(ref[spec.response]), **content}
             operation["responses"][str(spec.status)] = {"description": description, "content": content}
         elif spec.response is not None:
             operation["responses"][str(spec.status)] = {"description": "OK", "content": _json(ref[spec.response])}
         else:
             operation["responses"][str(spec.status)] = {"description": "OK"}
+        for status, (description, alternatives) in spec.others.items():
+            operation["responses"][status] = {"description": description}
+            if alternatives:
+                schema = ref[alternatives[0]] if len(alternatives) == 1 else {"anyOf": [ref[t] for t in alternatives]}
+                operation["responses"][status]["content"] = _json(schema)
         paths.setdefault(_template(route.path), {})[method.lower()] = operation
 
     sockets = ", ".join(f"`{r.path}`" for r in routes if isinstance(r, WebSocketRoute))

@@ -12,7 +12,7 @@ from starlette.routing import Route
 
 from ..http import JSONResponse
 from ..openapi import doc
-from ..sse import resume_point, task_stream
+from ..sse import pick_dialect, resume_point, task_stream
 from ..state import gateway
 from ..tenants import is_task_id, public, tenant_of
 from ..ui_messages import UIMessage, parse_chat_request
@@ -37,9 +37,11 @@ def _chat_id(request: Request) -> str | None:
     stream="ui",
     query=["format"],
     tag="ai-sdk",
+    others={"204": ("No answer of the chat is running: nothing to resume", [])},
 )
 async def resume(request: Request) -> Response:
     gw = gateway(request)
+    pick_dialect(request, "ui", "")  # a bad ?format= is a 400 whether or not an answer runs
     chat_id = _chat_id(request)
     task_id = None if chat_id is None else await gw.ai_chats.running(tenant_of(request), chat_id)
     if task_id is None:
@@ -57,6 +59,7 @@ class Stopped(msgspec.Struct):
     "Stop the chat's answer wherever it runs; its partial answer stays in the chat (204 if none runs)",
     response=Stopped,
     tag="ai-sdk",
+    others={"204": ("No answer of the chat is running: nothing to stop", [])},
 )
 async def stop(request: Request) -> Response:
     gw = gateway(request)

@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ..anthropic_errors import AnthropicErrorBody
 from ..bodies_anthropic import MessageCountTokensParams, MessageCreateParams, from_anthropic
 from ..dialects_anthropic import AnthropicDialect, AnthropicMessage, message_of
 from ..errors import GatewayError, InvalidRequest
@@ -42,7 +43,10 @@ class TokenCount(msgspec.Struct):
     "Anthropic's Messages API (stream or not); the answer is a task",
     body=[MessageCreateParams],
     response=AnthropicMessage,
+    stream="anthropic",
     tag="anthropic",
+    error=AnthropicErrorBody,
+    invalid_status=400,
 )
 async def messages(request: Request) -> Response:
     gw = gateway(request)
@@ -100,6 +104,8 @@ async def _frames(
     body=[MessageCountTokensParams],
     response=TokenCount,
     tag="anthropic",
+    error=AnthropicErrorBody,
+    invalid_status=400,
 )
 async def count_tokens(request: Request) -> Response:
     gw = gateway(request)

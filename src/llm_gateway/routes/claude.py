@@ -102,7 +102,13 @@ async def cancel_task(request: Request) -> Response:
     return JSONResponse(CancelRequested(public(info.task_id), info.status, True), status_code=202)
 
 
-@doc("Stream a task's events (from any replica)", stream="native", query=["format", "last_event_id"], tag="claude")
+@doc(
+    "Stream a task's events (from any replica)",
+    stream="native",
+    query=["format", "last_event_id"],
+    others={"204": ("Resumed after the task's last event: nothing more will come (EventSource stops)", [])},
+    tag="claude",
+)
 async def subscribe(request: Request) -> Response:
     after = resume_point(request)
     info = await _task(request)

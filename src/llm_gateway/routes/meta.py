@@ -77,7 +77,12 @@ def _methods(route: BaseRoute) -> list[str]:
     return sorted(methods - {"HEAD"}) if methods else ["WS"]
 
 
-@doc("Health: the store reachable (503 if not), the upstream configured", response=Health, tag="service")
+@doc(
+    "Health: the store reachable (503 if not), the upstream configured",
+    response=Health,
+    others={"503": ("Unhealthy: the store is unreachable", [Health])},
+    tag="service",
+)
 async def health(request: Request) -> Response:
     gw = gateway(request)
     try:

@@ -29,6 +29,7 @@ from ..tenants import public, tenant_of
     "OpenAI chat completions, streamed or not: a task (header X-Task-Id; re-read it with ?format=openai)",
     body=[ChatCompletionRequest],
     response=ChatCompletion,
+    stream="openai",
     tag="openai",
     error=OpenAIErrorBody,
     invalid_status=400,

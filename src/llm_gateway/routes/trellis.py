@@ -14,7 +14,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..aio import first_of, until_disconnect
-from ..errors import GatewayError, InvalidRequest, NotFound
+from ..errors import ErrorBody, GatewayError, InvalidRequest, NotFound
 from ..http import JSONResponse, decode_json, read_body, read_json, validate
 from ..openapi import doc
 from ..sse import event_stream, frames, pick_dialect, resume_point
@@ -39,6 +39,22 @@ class TrellisTaskRequest(msgspec.Struct, kw_only=True):
     config: dict[str, Any] | None = None
 
 
+class PiAPIAnswer(msgspec.Struct):
+    """PiAPI's answer to a create, passed through: the task in ``data`` (or, on a 4xx, what went wrong)."""
+
+    code: int
+    message: str
+    data: Any = None
+
+
+# PiAPI's 4xx to a create come back as they are (API.md §4); the gateway's own 4xx are in the error shape.
+PIAPI_4XX = ("PiAPI's own 4xx answer, passed through; or the gateway's error (API.md §5)", [ErrorBody, PiAPIAnswer])
+
+
+class Received(msgspec.Struct):
+    received: bool
+
+
 class WebhookBody(msgspec.Struct):
     data: dict[str, Any]
     timestamp: int | float | None = None
@@ -49,7 +65,13 @@ def _require_trellis(gw: Gateway) -> None:
         raise GatewayError("unavailable", "Trellis is not configured: set TRELLIS_API_KEY")
 
 
-@doc("Create a PiAPI Trellis task (PiAPI's answer and status code)", body=[TrellisTaskRequest], tag="trellis")
+@doc(
+    "Create a PiAPI Trellis task (PiAPI's answer and status code)",
+    body=[TrellisTaskRequest],
+    response=PiAPIAnswer,
+    others={"422": PIAPI_4XX, "4XX": PIAPI_4XX},
+    tag="trellis",
+)
 async def create_task(request: Request) -> Response:
     gw = gateway(request)
     raw = await read_body(request, gw.settings.max_body_bytes)  # forwarded to PiAPI unchanged
@@ -136,7 +158,9 @@ def _is_close(text: str) -> bool:
     return text.strip().lower() == "close"
 
 
-@doc("PiAPI's webhook: a valid secret publishes the status at once", body=[WebhookBody], tag="trellis")
+@doc(
+    "PiAPI's webhook: a valid secret publishes the status at once", body=[WebhookBody], response=Received, tag="trellis"
+)
 async def webhook(request: Request) -> Response:
     gw = gateway(request)
     expected = gw.settings.trellis_webhook_secret
@@ -148,7 +172,7 @@ async def webhook(request: Request) -> Response:
         detail = [{"loc": ["body", "data", "task_id"], "msg": "a PiAPI task id (letters, digits and -)"}]
         raise InvalidRequest("data.task_id is required, as PiAPI gives it", detail=detail, status=422)
     await gw.trellis.publish(body.data)
-    return JSONResponse({"received": True})
+    return JSONResponse(Received(True))
 
 
 routes = [
