@@ -92,6 +92,20 @@ async def test_resume_with_last_event_id_header_and_query(gateway: str) -> None:
     assert after_the_end.status_code == 204, "EventSource stops reconnecting on 204"
 
 
+async def test_a_task_evicted_from_a_full_embedded_store_is_gone_like_an_expired_one(
+    gateway_factory: GatewayFactory,
+) -> None:
+    async with gateway_factory(store_max_bytes=20_000) as url, httpx.AsyncClient(base_url=url) as client:
+        answers = [await client.post("/api/claude/prompt", json={"prompt": f"{i} [emu:deltas=50]"}) for i in range(12)]
+        oldest, newest = answers[0].json()["task_id"], answers[-1].json()["task_id"]
+        oldest_status = await client.get(f"/api/claude/task/{oldest}")
+        oldest_stream = await client.get(f"/api/claude/subscribe/{oldest}")
+        replay = await read_all(client, f"/api/claude/subscribe/{newest}")
+    assert oldest_status.status_code == 404 and oldest_status.json()["type"] == "not_found"
+    assert oldest_stream.status_code == 404
+    assert chunks(replay) == emulated_text("11 [emu:deltas=50]", 50) and replay[-1].event == "complete"
+
+
 async def test_client_disconnect_does_not_stop_the_task(gateway: str, emulator: Emulator) -> None:
     prompt = "keep going [emu:deltas=40] [emu:delay_ms=5]"
     async with httpx.AsyncClient(base_url=gateway) as client:

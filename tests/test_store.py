@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import time
+import tracemalloc
+from types import SimpleNamespace
 
 import pytest
 
+from llm_gateway.emulator import emulated_deltas
 from llm_gateway.events import Complete, Error, Event, Start, Text, TokenUsage
 from llm_gateway.sse import aclose
-from llm_gateway.store import EventBatch, MalformedEventId, Store, TaskEnded, parse_event_id
+from llm_gateway.store import EventBatch, MalformedEventId, Store, TaskEnded, memory, parse_event_id
 from llm_gateway.store.base import INTERRUPTED
 from llm_gateway.store.memory import MemoryStore
 
@@ -195,6 +199,52 @@ async def test_finished_tasks_expire() -> None:
     assert await store.get_task("t1") is None
 
 
+async def answered(store: Store, task_id: str, deltas: int = 50) -> list[Event]:
+    """A finished log of a ``deltas``-delta answer, as the emulator's would be; its events."""
+    await started(store, task_id)
+    texts = emulated_deltas(task_id, deltas)
+    await store.append(task_id, [Text(0, text) for text in texts], owner="r1")
+    done = Complete("".join(texts), "end_turn", TokenUsage(3, deltas), "m")
+    await store.finish(task_id, done)
+    return [Start(task_id, "m"), *(Text(0, text) for text in texts), done]
+
+
+async def test_the_embedded_store_keeps_finished_logs_within_its_bytes() -> None:
+    store = MemoryStore(stream_ttl=60, max_bytes=40_000)
+    await started(store, "running")
+    await store.append("running", [Text(0, "x" * 100_000)], owner="r1")  # over the cap alone, but running
+    task_ids = [f"t{i:03}" for i in range(100)]
+    for task_id in task_ids:
+        newest = await answered(store, task_id)
+        assert store.finished_bytes <= store.max_bytes
+    kept = [task_id for task_id in task_ids if await store.get_task(task_id) is not None]
+    assert 5 < len(kept) < 20 and kept == task_ids[-len(kept) :], "the oldest finished went first"
+    assert await store.read("t000") == []
+    assert [event for _, event in await store.read(task_ids[-1])] == newest
+    assert (await store.get_task("running")).status == "running"  # type: ignore[union-attr]
+    assert [event for _, event in await store.read("running")] == [Start("running", "m"), Text(0, "x" * 100_000)]
+    await store.finish("running", DONE)  # finished, it is the newest, and alone over the cap: it goes at once
+    assert await store.get_task("running") is None and store.finished_bytes <= store.max_bytes
+
+
+async def test_the_embedded_store_counts_what_its_logs_hold_and_gives_it_back() -> None:
+    store = MemoryStore(stream_ttl=60)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(200):
+            await answered(store, f"{i:04}-0b6f4c5e-7d1a-4e2b-9c3d-5a6b7c8d9e0f")
+        held, counted = tracemalloc.get_traced_memory()[0] - before, store.finished_bytes
+        store.max_bytes = 1
+        assert await store.get_task("0199-0b6f4c5e-7d1a-4e2b-9c3d-5a6b7c8d9e0f") is None
+        left = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert counted / 200 <= 4096, "a finished 50-delta log takes at most 4 KiB"
+    assert 0.85 < held / counted < 1.15, (held, counted)
+    assert store.finished_bytes == 0 and left < held / 20, (left, held)
+
+
 async def test_finished_redis_keys_get_the_stream_ttl(redis_url: str) -> None:
     import redis.asyncio as aioredis
 
@@ -277,6 +327,22 @@ async def test_resuming_at_the_terminal_event_ends_at_once(store: Store) -> None
     await store.finish("t1", DONE)
     last_id = (await store.read("t1"))[-1][0]
     assert await collect(store, "t1", after=last_id) == []
+
+
+async def test_embedded_ids_increase_when_the_clock_goes_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    store = MemoryStore()
+    clock = iter([1000.0, 1000.0, 999.0, 1001.0, 1001.0, 1000.5])
+    monkeypatch.setattr(memory, "time", SimpleNamespace(time=lambda: next(clock), monotonic=time.monotonic))
+    await store.create_task("t1", fingerprint="f", model="m", lease_seconds=5)
+    await store.start_task("t1", owner="r1", lease_seconds=5, event=Start("t1", "m"))
+    await store.append("t1", [Text(0, str(i)) for i in range(5)], owner="r1")
+    events = await store.read("t1")
+    ids = [event_id for event_id, _ in events]
+    assert ids == ["1000000-0", "1000000-1", "1000000-2", "1001000-0", "1001000-1", "1001000-2"]
+    for i, event_id in enumerate(ids):
+        assert await store.read("t1", after=event_id) == events[i + 1 :]
+    assert await store.read("t1", after="1000000-7") == events[3:]
+    assert await store.read("t1", after="999999-99") == events
 
 
 async def test_a_queued_task_whose_replica_died_ends_interrupted(store: Store) -> None:

@@ -121,7 +121,12 @@ async def open_gateway(
     """Open the gateway's resources, each one's close pushed on ``stack`` before it starts: whatever fails,
     the stack closes exactly what was opened, in reverse order. A given store or providers are the caller's."""
     if store is None:
-        store = open_store(settings.redis_url, prefix=settings.redis_key_prefix, stream_ttl=settings.stream_ttl_seconds)
+        store = open_store(
+            settings.redis_url,
+            prefix=settings.redis_key_prefix,
+            stream_ttl=settings.stream_ttl_seconds,
+            max_bytes=settings.store_max_bytes,
+        )
         stack.push_async_callback(store.close)
         await store.connect()
     if providers is None:

@@ -20,12 +20,17 @@ __all__ = [
 ]
 
 
-def open_store(url: str | None, *, prefix: str = "llmgw:", stream_ttl: int = 3600) -> Store:
-    """The store for ``url``, not yet connected: ``connect()`` starts it, ``close()`` ends it."""
+def open_store(
+    url: str | None, *, prefix: str = "llmgw:", stream_ttl: int = 3600, max_bytes: int = 256 * 1024 * 1024
+) -> Store:
+    """The store for ``url``, not yet connected: ``connect()`` starts it, ``close()`` ends it.
+
+    ``max_bytes`` bounds the embedded store's finished logs (Redis has its own ``maxmemory``).
+    """
     if not url:
         from .memory import MemoryStore
 
-        return MemoryStore(stream_ttl=stream_ttl)
+        return MemoryStore(stream_ttl=stream_ttl, max_bytes=max_bytes)
     from .redis import RedisStore
 
     return RedisStore.from_url(url, prefix=prefix, stream_ttl=stream_ttl)

@@ -45,12 +45,6 @@ def format_event_id(key: EventKey) -> str:
     return f"{key[0]}-{key[1]}"
 
 
-def next_event_id(last: EventKey) -> EventKey:
-    """Redis' rule: the clock's millisecond, or the last one with the next sequence number if the clock lags."""
-    now = int(time.time() * 1000)
-    return (now, 0) if now > last[0] else (last[0], last[1] + 1)
-
-
 def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z"
 
