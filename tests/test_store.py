@@ -219,7 +219,7 @@ async def test_the_embedded_store_keeps_finished_logs_within_its_bytes() -> None
         assert store.finished_bytes <= store.max_bytes
     kept = [task_id for task_id in task_ids if await store.get_task(task_id) is not None]
     assert 5 < len(kept) < 20 and kept == task_ids[-len(kept) :], "the oldest finished went first"
-    assert await store.read("t000") == []
+    assert await store.read("t000") == [] and await store.last_event_id("t000") is None
     assert [event for _, event in await store.read(task_ids[-1])] == newest
     assert (await store.get_task("running")).status == "running"  # type: ignore[union-attr]
     assert [event for _, event in await store.read("running")] == [Start("running", "m"), Text(0, "x" * 100_000)]
@@ -327,6 +327,19 @@ async def test_resuming_at_the_terminal_event_ends_at_once(store: Store) -> None
     await store.finish("t1", DONE)
     last_id = (await store.read("t1"))[-1][0]
     assert await collect(store, "t1", after=last_id) == []
+
+
+async def test_the_last_event_id(store: Store) -> None:
+    assert await store.last_event_id("nope") is None
+    await store.create_task("t1", fingerprint="f", model="m", lease_seconds=5)
+    assert await store.last_event_id("t1") is None, "queued: no event yet"
+    first = await store.start_task("t1", owner="r1", lease_seconds=5, event=Start("t1", "m"))
+    assert await store.last_event_id("t1") == first
+    last = await store.append("t1", [Text(0, "a"), Text(0, "b")], owner="r1")
+    assert await store.last_event_id("t1") == last
+    await store.finish("t1", DONE)
+    events = await store.read("t1")
+    assert await store.last_event_id("t1") == events[-1][0] and events[-1][1] == DONE
 
 
 async def test_embedded_ids_increase_when_the_clock_goes_back(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,7 +17,7 @@ from ..errors import GatewayError, NotFound
 from ..events import TaskError, TaskInfo, TaskResult, TokenUsage
 from ..http import JSONResponse, read_json
 from ..openapi import doc
-from ..sse import checked_event_id, event_stream, frames, pick_dialect, resume_point
+from ..sse import check_resume, checked_event_id, event_stream, frames, pick_dialect, resume_point
 from ..state import gateway
 
 
@@ -104,6 +104,7 @@ async def subscribe(request: Request) -> Response:
     info = await _task(request)
     dialect = pick_dialect(request, "native", info.task_id)
     store = gateway(request).store
+    await check_resume(store, info.task_id, after)
     if after is not None and info.finished and not await store.read(info.task_id, after):
         # Resumed after the terminal event: 204 is what makes EventSource stop reconnecting.
         return Response(status_code=204, headers={"X-Task-Id": info.task_id})
@@ -121,6 +122,7 @@ async def replay_ws(websocket: WebSocket) -> None:
             checked_event_id(after)
         if await gw.store.get_task(task_id) is None:
             raise NotFound(f"no task {task_id} (unknown or expired)")
+        await check_resume(gw.store, task_id, after)
     except GatewayError as exc:
         message = {"event": "error", "data": {"type": exc.type, "message": exc.message}}
         await websocket.send_text(msgspec.json.encode(message).decode())

@@ -133,6 +133,9 @@ class EventLog(Protocol):
     async def read(self, task_id: str, after: str | None = None) -> EventBatch:
         """Every event after ``after`` (exclusive; None = from the start); MalformedEventId for a bad id."""
 
+    async def last_event_id(self, task_id: str) -> str | None:
+        """The id of the task's last event so far; None if it has none (or is unknown)."""
+
     def follow(self, task_id: str, after: str | None = None, *, heartbeat: float = 15.0) -> AsyncIterator[EventBatch]:
         """Batches of events after ``after``, live, ending with the terminal event (at once if already past it).
 

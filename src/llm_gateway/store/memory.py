@@ -90,6 +90,9 @@ class _Log:
                 begin = self.ends[i]
         return batch
 
+    def last_id(self) -> str | None:
+        return self.event_id(len(self.ms) - 1) if self.ms else None
+
     def notify(self) -> None:
         if self.changed is not None:
             changed, self.changed = self.changed, asyncio.Event()
@@ -150,6 +153,10 @@ class MemoryStore(LogRules):
     async def get_task(self, task_id: str) -> TaskInfo | None:
         log = self._log(task_id)
         return None if log is None else log.task_info()
+
+    async def last_event_id(self, task_id: str) -> str | None:
+        log = self._log(task_id)
+        return None if log is None else log.last_id()
 
     async def _create(self, info: TaskInfo, lease: int) -> TaskInfo | None:
         log = self._log(info.task_id)

@@ -139,6 +139,11 @@ class RedisStore(LogRules):
                 return batch
             cursor = page[-1][0]
 
+    async def last_event_id(self, task_id: str) -> str | None:
+        async with asyncio.timeout(COMMAND_TIMEOUT):
+            entries: Any = await self._redis.xrevrange(self._keys.events(task_id), count=1)
+        return text(entries[0][0]) if entries else None
+
     async def _page(self, key: str, after: str | None) -> EventBatch:
         start = "-" if after is None else f"({after}"
         async with asyncio.timeout(COMMAND_TIMEOUT):
