@@ -459,6 +459,38 @@ async def test_redis_a_follower_ahead_of_a_lagging_reader_still_gets_the_end(red
         await reader.close()
 
 
+async def test_redis_a_replicas_wake_stream_expires_unless_woken_and_goes_at_close(redis_url: str) -> None:
+    import redis.asyncio as aioredis
+
+    from llm_gateway.store.redis import RedisStore
+    from llm_gateway.store.redis_fanout import WAKE_TTL
+
+    writer = RedisStore.from_url(redis_url, prefix="wake-ttl:")
+    reader = RedisStore.from_url(redis_url, prefix="wake-ttl:")
+    await writer.connect()
+    await reader.connect()
+    admin = aioredis.Redis.from_url(redis_url)
+    wake_key = reader._fanout._wake_key
+    try:
+        for task_id in ("t1", "t2"):
+            await started(writer, task_id)
+        first = reader.follow("t1", heartbeat=0.2)
+        assert await anext(first)  # following a task of another replica wakes this replica's reader
+        assert 0 < await admin.ttl(wake_key) <= WAKE_TTL, "a replica that dies now leaves a key that expires"
+        await admin.expire(wake_key, 5)
+        second = reader.follow("t2", heartbeat=0.2)
+        assert await anext(second)
+        assert await admin.ttl(wake_key) > 5, "each wake-up gives it its whole TTL again"
+        await aclose(first)
+        await aclose(second)
+    finally:
+        await writer.close()
+        await reader.close()
+        gone = await admin.exists(wake_key)
+        await admin.aclose()
+    assert gone == 0, "a replica that closes takes its wake stream with it"
+
+
 async def test_values_with_a_ttl(store: Store) -> None:
     assert await store.get_value("k") is None
     await store.set_value("k", b"v1", ttl=0.2)
