@@ -254,10 +254,10 @@ async def test_finished_redis_keys_get_the_stream_ttl(redis_url: str) -> None:
     client = aioredis.Redis.from_url(redis_url)
     try:
         await started(store)
-        assert await client.ttl("ttl:events:t1") > 3600, "a running task's keys outlive its generation"
+        assert await client.ttl("ttl:{t1}:events") > 3600, "a running task's keys outlive its generation"
         await store.finish("t1", DONE)
-        assert 0 < await client.ttl("ttl:events:t1") <= 30
-        assert 0 < await client.ttl("ttl:task:t1") <= 30
+        assert 0 < await client.ttl("ttl:{t1}:events") <= 30
+        assert 0 < await client.ttl("ttl:{t1}:task") <= 30
     finally:
         await client.aclose()
         await store.close()
@@ -283,8 +283,8 @@ async def test_redis_follow_across_replicas_and_after_the_writer_stops(redis_url
         late_a = asyncio.create_task(collect(a, "t2"))
         await asyncio.sleep(0.05)
         await a.append("t2", [Text(0, "w")], owner="r1")
-        a._fanout._local.discard("xrep:events:t2")  # as if A's writer were gone without finishing
-        await a._fanout.local_end("xrep:events:t2")
+        a._fanout._local.discard("xrep:{t2}:events")  # as if A's writer were gone without finishing
+        await a._fanout.local_end("xrep:{t2}:events")
         await b.finish("t2", DONE)
         expected = [Start("t1", "m"), Text(0, "x"), Text(0, "y"), Text(0, "z"), Error("upstream_error", "boom")]
         assert [e for _, e in await on_a] == expected
@@ -305,7 +305,7 @@ async def test_redis_follower_drops_an_event_delivered_twice(redis_url: str) -> 
         follower = asyncio.create_task(collect(store, "t1"))
         await asyncio.sleep(0.05)
         event_id = await store.append("t1", [Text(0, "x")], owner="r1")
-        store._fanout.deliver("dup:events:t1", [(event_id, Text(0, "x"))])  # as its XREAD may, too
+        store._fanout.deliver("dup:{t1}:events", [(event_id, Text(0, "x"))])  # as its XREAD may, too
         await store.finish("t1", DONE)
         assert [e for _, e in await follower] == [Start("t1", "m"), Text(0, "x"), DONE]
     finally:

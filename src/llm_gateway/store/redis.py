@@ -1,9 +1,9 @@
 """The Redis store: task hashes, Redis Streams event logs, a lease zset, and one multiplexed reader per replica.
 
-Layout (prefix ``llmgw:``, keys built by keys.RedisKeys): ``task:{id}`` hash, ``events:{id}`` stream (field
-``e`` = event JSON), ``running`` zset (task id -> lease deadline in server ms), channel ``cancel`` (task ids),
-``wake:{replica}``, a tiny stream that only this replica's reader watches (see redis_fanout), and the app's
-small values under ``kv:``.
+Layout (prefix ``llmgw:``, keys built by keys.RedisKeys): ``{<id>}:task`` hash, ``{<id>}:events`` stream (field
+``e`` = event JSON; the task id in braces is their hash tag), ``running`` zset (task id -> lease deadline in server
+ms), channel ``cancel`` (task ids), ``wake:<replica>``, a tiny stream that only this replica's reader watches (see
+redis_fanout), and the app's small values under ``kv:``.
 """
 
 from __future__ import annotations
@@ -204,7 +204,7 @@ class RedisStore(LogRules):
 
     async def request_cancel(self, task_id: str) -> None:
         async with asyncio.timeout(COMMAND_TIMEOUT):
-            await self._lua.request_cancel(keys=[self._keys.task(task_id), self._keys.cancel], args=[task_id])
+            await self._lua.request_cancel(keys=[self._keys.task(task_id)], args=[task_id, self._keys.cancel])
 
     async def cancel_requests(self) -> AsyncIterator[str]:
         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
