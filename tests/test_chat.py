@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from llm_gateway.emulator import emulated_text, emulated_tool_id
+from llm_gateway.store import parse_event_id
 from tests.conftest import Emulator
 from tests.sse_client import Frame, frames
 
@@ -169,6 +170,21 @@ async def test_agui_run_resume_and_join(gateway: str, emulator: Emulator) -> Non
     assert emulator.stats.messages == 1
     joined = [f async for f in frames(joined_response)]
     assert [(f.id, f.data) for f in joined] == [(f.id, f.data) for f in whole]
+
+
+async def test_agui_resume_and_join_beyond_the_end_are_400s(gateway: str, emulator: Emulator) -> None:
+    body = run_input("run-end", "the end [emu:deltas=3]")
+    async with httpx.AsyncClient(base_url=gateway) as client:
+        whole = await post_sse(client, body)
+        ms, seq = parse_event_id(whole[-1].id or "")
+        beyond = f"{ms}-{seq + 1}"
+        repost = await client.post("/chat", json=body, headers={"Last-Event-ID": beyond})
+        join = await client.get("/chat", params={"runId": "run-end", "offset": beyond})
+        at_the_end = await client.get("/chat", params={"runId": "run-end", "offset": whole[-1].id})
+    assert repost.status_code == 400 and repost.json()["type"] == "invalid_request"
+    assert join.status_code == 400 and join.json()["type"] == "invalid_request"
+    assert at_the_end.status_code == 200 and [f async for f in frames(at_the_end)] == []
+    assert emulator.stats.messages == 1
 
 
 async def test_agui_errors_end_with_run_error(gateway: str) -> None:

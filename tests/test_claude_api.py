@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import uuid
 from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 import httpx
 import msgspec
@@ -90,6 +93,89 @@ async def test_resume_with_last_event_id_header_and_query(gateway: str) -> None:
     assert [(f.id, f.data) for f in by_header] == [(f.id, f.data) for f in full[9:]]
     assert [(f.id, f.data) for f in by_query] == [(f.id, f.data) for f in full[9:]]
     assert after_the_end.status_code == 204, "EventSource stops reconnecting on 204"
+
+
+async def test_a_task_evicted_from_a_full_embedded_store_is_gone_like_an_expired_one(
+    gateway_factory: GatewayFactory,
+) -> None:
+    async with gateway_factory(store_max_bytes=20_000) as url, httpx.AsyncClient(base_url=url) as client:
+        answers = [await client.post("/api/claude/prompt", json={"prompt": f"{i} [emu:deltas=50]"}) for i in range(12)]
+        oldest, newest = answers[0].json()["task_id"], answers[-1].json()["task_id"]
+        oldest_status = await client.get(f"/api/claude/task/{oldest}")
+        oldest_stream = await client.get(f"/api/claude/subscribe/{oldest}")
+        replay = await read_all(client, f"/api/claude/subscribe/{newest}")
+    assert oldest_status.status_code == 404 and oldest_status.json()["type"] == "not_found"
+    assert oldest_stream.status_code == 404
+    assert chunks(replay) == emulated_text("11 [emu:deltas=50]", 50) and replay[-1].event == "complete"
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def gateway_on_each_store(request: pytest.FixtureRequest, gateway_factory: GatewayFactory) -> AsyncIterator[str]:
+    redis: dict[str, str] = {}
+    if request.param == "redis":
+        redis = {"redis_url": request.getfixturevalue("redis_url"), "redis_key_prefix": f"end:{uuid.uuid4().hex[:8]}:"}
+    async with gateway_factory(**redis) as url:
+        yield url
+
+
+def next_id(event_id: str) -> str:
+    ms, seq = parse_event_id(event_id)
+    return f"{ms}-{seq + 1}"
+
+
+async def ws_messages(url: str) -> tuple[list[dict[str, Any]], int | None]:
+    """Every message until the server closes the socket, and its close code."""
+    messages = []
+    async with asyncio.timeout(10), websockets.connect(url) as ws:
+        with contextlib.suppress(websockets.ConnectionClosed):
+            while True:
+                messages.append(json.loads(await ws.recv()))
+    return messages, ws.close_code
+
+
+async def test_resuming_beyond_the_end_of_a_finished_log_is_a_400(gateway_on_each_store: str) -> None:
+    url = gateway_on_each_store
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+        task_id = await start_task(client, {"prompt": "the end [emu:deltas=5]"})
+        full = await read_all(client, f"/api/claude/subscribe/{task_id}")
+        last = full[-1].id or ""
+        at_the_end = await client.get(f"/api/claude/subscribe/{task_id}", headers={"Last-Event-ID": last})
+        by_header = await client.get(f"/api/claude/subscribe/{task_id}", headers={"Last-Event-ID": next_id(last)})
+        by_query = await client.get(f"/api/claude/subscribe/{task_id}?last_event_id={next_id(last)}&format=text")
+        real = await read_all(client, f"/api/claude/subscribe/{task_id}", headers={"Last-Event-ID": full[2].id or ""})
+    ws_base = f"{url.replace('http://', 'ws://')}/api/claude/ws/{task_id}"
+    ws_at_the_end, ws_at_the_end_code = await ws_messages(f"{ws_base}?after={last}")
+    ws_beyond, ws_beyond_code = await ws_messages(f"{ws_base}?after={next_id(last)}")
+    assert at_the_end.status_code == 204, "resuming at the last id is valid: nothing more to send"
+    for refused in (by_header, by_query):
+        assert refused.status_code == 400 and refused.json()["type"] == "invalid_request", refused.text
+    assert [(f.id, f.data) for f in real] == [(f.id, f.data) for f in full[3:]]
+    assert ws_at_the_end == [] and ws_at_the_end_code == 1000
+    assert [m["data"]["type"] for m in ws_beyond] == ["invalid_request"] and ws_beyond_code == 4400
+
+
+async def test_resuming_beyond_the_end_of_a_running_log_is_a_400_not_a_wait(gateway_on_each_store: str) -> None:
+    url = gateway_on_each_store
+    prompt = "still going [emu:deltas=100] [emu:delay_ms=20]"
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+        task_id = await start_task(client, {"prompt": prompt})
+        async with client.stream("GET", f"/api/claude/subscribe/{task_id}") as response:
+            seen = []
+            async for frame in frames(response):
+                seen.append(frame)
+                if len(seen) == 3:
+                    break
+        ms, _ = parse_event_id(seen[-1].id or "")
+        future = f"{ms + 3_600_000}-0"
+        beyond = await client.get(f"/api/claude/subscribe/{task_id}", headers={"Last-Event-ID": future})
+        ws_beyond, ws_beyond_code = await ws_messages(
+            f"{url.replace('http://', 'ws://')}/api/claude/ws/{task_id}?after={future}"
+        )
+        assert (await client.get(f"/api/claude/task/{task_id}")).json()["status"] == "running"
+        rest = await read_all(client, f"/api/claude/subscribe/{task_id}", headers={"Last-Event-ID": seen[-1].id or ""})
+    assert beyond.status_code == 400 and beyond.json()["type"] == "invalid_request"
+    assert [m["data"]["type"] for m in ws_beyond] == ["invalid_request"] and ws_beyond_code == 4400
+    assert chunks(seen + rest) == emulated_text(prompt, 100) and rest[-1].event == "complete"
 
 
 async def test_client_disconnect_does_not_stop_the_task(gateway: str, emulator: Emulator) -> None:

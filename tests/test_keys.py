@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import pytest
+from redis.crc import key_slot
 
 from llm_gateway import keys
 
@@ -39,10 +41,17 @@ def test_a_conversation_and_its_lock_are_apart_from_every_other_conversation() -
 
 def test_the_redis_layout() -> None:
     layout = keys.RedisKeys("llmgw:")
-    assert layout.task("t") == "llmgw:task:t" and layout.events("t") == "llmgw:events:t"
+    assert layout.task("t") == "llmgw:{t}:task" and layout.events("t") == "llmgw:{t}:events"
     assert layout.value(keys.conversation("c")) == "llmgw:kv:conversation:c"
     assert layout.running == "llmgw:running" and layout.cancel == "llmgw:cancel"
     assert layout.wake("r1") == "llmgw:wake:r1"
-    redis_keys = [layout.task, layout.events, layout.wake, layout.value]
+    redis_keys: list[Callable[[str], str]] = [layout.task, layout.events, layout.wake, layout.value]
     built = [build(id_) for build in redis_keys for id_ in IDS] + [layout.running]
     assert len(set(built)) == len(built)
+
+
+@pytest.mark.parametrize("task_id", [id_ for id_ in IDS if id_] + ["3b241101-e2bb-4255-8caf-4136c566a962"])
+def test_the_keys_of_one_task_share_its_hash_slot(task_id: str) -> None:
+    layout = keys.RedisKeys("llmgw:")
+    assert key_slot(layout.task(task_id).encode()) == key_slot(layout.events(task_id).encode())
+    assert key_slot(layout.task(task_id).encode()) == key_slot(task_id.encode()), "the task id is the hash tag"

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import time
+import tracemalloc
+from types import SimpleNamespace
 from unittest.mock import ANY
 
 import pytest
 
+from llm_gateway.emulator import emulated_deltas
 from llm_gateway.events import Complete, Error, Event, Start, Text, TokenUsage
 from llm_gateway.sse import aclose
-from llm_gateway.store import EventBatch, MalformedEventId, Store, TaskEnded, parse_event_id
+from llm_gateway.store import EventBatch, MalformedEventId, Store, TaskEnded, memory, parse_event_id
 from llm_gateway.store.base import INTERRUPTED, UNAVAILABLE
 from llm_gateway.store.memory import MemoryStore
 
@@ -215,6 +219,52 @@ async def test_finished_tasks_expire() -> None:
     assert await store.get_task("t1") is None
 
 
+async def answered(store: Store, task_id: str, deltas: int = 50) -> list[Event]:
+    """A finished log of a ``deltas``-delta answer, as the emulator's would be; its events."""
+    await started(store, task_id)
+    texts = emulated_deltas(task_id, deltas)
+    await store.append(task_id, [Text(0, text) for text in texts], owner="r1")
+    done = Complete("".join(texts), "end_turn", TokenUsage(3, deltas), "m")
+    await store.finish(task_id, done)
+    return [Start(task_id, "m"), *(Text(0, text) for text in texts), done]
+
+
+async def test_the_embedded_store_keeps_finished_logs_within_its_bytes() -> None:
+    store = MemoryStore(stream_ttl=60, max_bytes=40_000)
+    await started(store, "running")
+    await store.append("running", [Text(0, "x" * 100_000)], owner="r1")  # over the cap alone, but running
+    task_ids = [f"t{i:03}" for i in range(100)]
+    for task_id in task_ids:
+        newest = await answered(store, task_id)
+        assert store.finished_bytes <= store.max_bytes
+    kept = [task_id for task_id in task_ids if await store.get_task(task_id) is not None]
+    assert 5 < len(kept) < 20 and kept == task_ids[-len(kept) :], "the oldest finished went first"
+    assert await store.read("t000") == [] and await store.last_event_id("t000") is None
+    assert [event for _, event in await store.read(task_ids[-1])] == newest
+    assert (await store.get_task("running")).status == "running"  # type: ignore[union-attr]
+    assert [event for _, event in await store.read("running")] == [Start("running", "m"), Text(0, "x" * 100_000)]
+    await store.finish("running", DONE)  # finished, it is the newest, and alone over the cap: it goes at once
+    assert await store.get_task("running") is None and store.finished_bytes <= store.max_bytes
+
+
+async def test_the_embedded_store_counts_what_its_logs_hold_and_gives_it_back() -> None:
+    store = MemoryStore(stream_ttl=60)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(200):
+            await answered(store, f"{i:04}-0b6f4c5e-7d1a-4e2b-9c3d-5a6b7c8d9e0f")
+        held, counted = tracemalloc.get_traced_memory()[0] - before, store.finished_bytes
+        store.max_bytes = 1
+        assert await store.get_task("0199-0b6f4c5e-7d1a-4e2b-9c3d-5a6b7c8d9e0f") is None
+        left = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert counted / 200 <= 4096, "a finished 50-delta log takes at most 4 KiB"
+    assert 0.85 < held / counted < 1.15, (held, counted)
+    assert store.finished_bytes == 0 and left < held / 20, (left, held)
+
+
 async def test_finished_redis_keys_get_the_stream_ttl(redis_url: str) -> None:
     import redis.asyncio as aioredis
 
@@ -224,10 +274,10 @@ async def test_finished_redis_keys_get_the_stream_ttl(redis_url: str) -> None:
     client = aioredis.Redis.from_url(redis_url)
     try:
         await started(store)
-        assert await client.ttl("ttl:events:t1") > 3600, "a running task's keys outlive its generation"
+        assert await client.ttl("ttl:{t1}:events") > 3600, "a running task's keys outlive its generation"
         await store.finish("t1", DONE)
-        assert 0 < await client.ttl("ttl:events:t1") <= 30
-        assert 0 < await client.ttl("ttl:task:t1") <= 30
+        assert 0 < await client.ttl("ttl:{t1}:events") <= 30
+        assert 0 < await client.ttl("ttl:{t1}:task") <= 30
     finally:
         await client.aclose()
         await store.close()
@@ -253,8 +303,8 @@ async def test_redis_follow_across_replicas_and_after_the_writer_stops(redis_url
         late_a = asyncio.create_task(collect(a, "t2"))
         await asyncio.sleep(0.05)
         await a.append("t2", [Text(0, "w")], owner="r1")
-        a._fanout._local.discard("xrep:events:t2")  # as if A's writer were gone without finishing
-        await a._fanout.local_end("xrep:events:t2")
+        a._fanout._local.discard("xrep:{t2}:events")  # as if A's writer were gone without finishing
+        await a._fanout.local_end("xrep:{t2}:events")
         await b.finish("t2", DONE)
         expected = [Start("t1", "m"), Text(0, "x"), Text(0, "y"), Text(0, "z"), Error("upstream_error", "boom")]
         assert [e for _, e in await on_a] == expected
@@ -275,7 +325,7 @@ async def test_redis_follower_drops_an_event_delivered_twice(redis_url: str) -> 
         follower = asyncio.create_task(collect(store, "t1"))
         await asyncio.sleep(0.05)
         event_id = await store.append("t1", [Text(0, "x")], owner="r1")
-        store._fanout.deliver("dup:events:t1", [(event_id, Text(0, "x"))])  # as its XREAD may, too
+        store._fanout.deliver("dup:{t1}:events", [(event_id, Text(0, "x"))])  # as its XREAD may, too
         await store.finish("t1", DONE)
         assert [e for _, e in await follower] == [Start("t1", "m"), Text(0, "x"), DONE]
     finally:
@@ -297,6 +347,35 @@ async def test_resuming_at_the_terminal_event_ends_at_once(store: Store) -> None
     await store.finish("t1", DONE)
     last_id = (await store.read("t1"))[-1][0]
     assert await collect(store, "t1", after=last_id) == []
+
+
+async def test_the_last_event_id(store: Store) -> None:
+    assert await store.last_event_id("nope") is None
+    await store.create_task("t1", fingerprint="f", model="m", lease_seconds=5)
+    assert await store.last_event_id("t1") is None, "queued: no event yet"
+    first = await store.start_task("t1", owner="r1", lease_seconds=5, event=Start("t1", "m"))
+    assert await store.last_event_id("t1") == first
+    last = await store.append("t1", [Text(0, "a"), Text(0, "b")], owner="r1")
+    assert await store.last_event_id("t1") == last
+    await store.finish("t1", DONE)
+    events = await store.read("t1")
+    assert await store.last_event_id("t1") == events[-1][0] and events[-1][1] == DONE
+
+
+async def test_embedded_ids_increase_when_the_clock_goes_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    store = MemoryStore()
+    clock = iter([1000.0, 1000.0, 999.0, 1001.0, 1001.0, 1000.5])
+    monkeypatch.setattr(memory, "time", SimpleNamespace(time=lambda: next(clock), monotonic=time.monotonic))
+    await store.create_task("t1", fingerprint="f", model="m", lease_seconds=5)
+    await store.start_task("t1", owner="r1", lease_seconds=5, event=Start("t1", "m"))
+    await store.append("t1", [Text(0, str(i)) for i in range(5)], owner="r1")
+    events = await store.read("t1")
+    ids = [event_id for event_id, _ in events]
+    assert ids == ["1000000-0", "1000000-1", "1000000-2", "1001000-0", "1001000-1", "1001000-2"]
+    for i, event_id in enumerate(ids):
+        assert await store.read("t1", after=event_id) == events[i + 1 :]
+    assert await store.read("t1", after="1000000-7") == events[3:]
+    assert await store.read("t1", after="999999-99") == events
 
 
 async def test_a_queued_task_whose_replica_died_ends_interrupted(store: Store) -> None:
@@ -398,6 +477,38 @@ async def test_redis_a_follower_ahead_of_a_lagging_reader_still_gets_the_end(red
     finally:
         await writer.close()
         await reader.close()
+
+
+async def test_redis_a_replicas_wake_stream_expires_unless_woken_and_goes_at_close(redis_url: str) -> None:
+    import redis.asyncio as aioredis
+
+    from llm_gateway.store.redis import RedisStore
+    from llm_gateway.store.redis_fanout import WAKE_TTL
+
+    writer = RedisStore.from_url(redis_url, prefix="wake-ttl:")
+    reader = RedisStore.from_url(redis_url, prefix="wake-ttl:")
+    await writer.connect()
+    await reader.connect()
+    admin = aioredis.Redis.from_url(redis_url)
+    wake_key = reader._fanout._wake_key
+    try:
+        for task_id in ("t1", "t2"):
+            await started(writer, task_id)
+        first = reader.follow("t1", heartbeat=0.2)
+        assert await anext(first)  # following a task of another replica wakes this replica's reader
+        assert 0 < await admin.ttl(wake_key) <= WAKE_TTL, "a replica that dies now leaves a key that expires"
+        await admin.expire(wake_key, 5)
+        second = reader.follow("t2", heartbeat=0.2)
+        assert await anext(second)
+        assert await admin.ttl(wake_key) > 5, "each wake-up gives it its whole TTL again"
+        await aclose(first)
+        await aclose(second)
+    finally:
+        await writer.close()
+        await reader.close()
+        gone = await admin.exists(wake_key)
+        await admin.aclose()
+    assert gone == 0, "a replica that closes takes its wake stream with it"
 
 
 async def test_values_with_a_ttl(store: Store) -> None:

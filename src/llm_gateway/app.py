@@ -87,6 +87,7 @@ async def open_gateway(
             prefix=settings.redis_key_prefix,
             stream_ttl=settings.stream_ttl_seconds,
             outage_grace=settings.store_outage_grace,
+            max_bytes=settings.store_max_bytes,
         )
         stack.push_async_callback(store.close)
         await store.connect()

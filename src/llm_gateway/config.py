@@ -39,6 +39,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     redis_key_prefix: str = "llmgw:"
     workers: PositiveInt = 1
     stream_ttl_seconds: PositiveInt = 3600
+    store_max_bytes: PositiveInt = 256 * 1024 * 1024
     max_concurrent_tasks: PositiveInt = 256
     max_body_bytes: PositiveInt = 1024 * 1024
     task_lease_seconds: PositiveFloat = 5.0

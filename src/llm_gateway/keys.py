@@ -5,7 +5,10 @@ namespace is a prefix of another, and no constant starts with a namespace, so tw
 equal only if they are the same kind of key for the same id. (``tests/test_keys.py`` checks it.)
 
 Three families: task ids, the app's small values (``Values``), and the Redis store's own layout, under its
-prefix, which keeps those values under ``kv:``.
+prefix, which keeps those values under ``kv:``. There, a task's own keys are ``{<task id>}:<kind>``, in the
+namespace ``{``: the braces make the task id the key's hash tag, so a Redis Cluster keeps every key of one task in
+one slot (no task id has braces), and two such keys are equal only if their ids and kinds are (``}:task`` and
+``}:events`` end differently).
 """
 
 from __future__ import annotations
@@ -21,6 +24,17 @@ class Namespace:
 
     def __call__(self, id_: str) -> str:
         return self.prefix + id_
+
+
+@dataclass(frozen=True)
+class TaskKey:
+    """Builds the keys ``prefix + "{" + task id + "}:" + kind``: the task id in braces is the key's hash tag."""
+
+    prefix: str
+    kind: str
+
+    def __call__(self, task_id: str) -> str:
+        return f"{self.prefix}{{{task_id}}}:{self.kind}"
 
 
 # --- task ids (the event log's) -------------------------------------------------------------------------------
@@ -63,22 +77,23 @@ VALUE_CONSTANTS = (TRELLIS_TRACKED,)
 
 # --- the Redis store's layout, under its prefix -------------------------------------------------------------
 
-TASK = "task:"  # a task's hash
-EVENTS = "events:"  # its event log, a stream
+TASK_TAG = "{"  # how every key of one task starts: its hash tag, then its kind
+TASK = "task"  # a task's hash
+EVENTS = "events"  # its event log, a stream
 WAKE = "wake:"  # a replica's wake-up stream
 VALUE = "kv:"  # the app's small values, as above
 RUNNING = "running"  # the lease zset: task id -> deadline
 CANCEL = "cancel"  # the channel of cancel requests (channels have a namespace of their own)
 
-REDIS_NAMESPACES = (TASK, EVENTS, WAKE, VALUE)
+REDIS_NAMESPACES = (TASK_TAG, WAKE, VALUE)
 REDIS_CONSTANTS = (RUNNING,)
 
 
 class RedisKeys:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
-        self.task = Namespace(prefix + TASK)
-        self.events = Namespace(prefix + EVENTS)
+        self.task = TaskKey(prefix, TASK)
+        self.events = TaskKey(prefix, EVENTS)
         self.wake = Namespace(prefix + WAKE)
         self.value = Namespace(prefix + VALUE)
         self.running = prefix + RUNNING

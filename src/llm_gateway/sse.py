@@ -46,6 +46,19 @@ def checked_event_id(value: str) -> str:
     return value.strip()
 
 
+async def check_resume(store: EventLog, task_id: str, after: str | None) -> None:
+    """InvalidRequest (400) if ``after`` lies beyond the task's last event: the store never gave out that id, so
+    no event would ever follow it (Redis would send nothing, the embedded store events with lower ids)."""
+    if after is None:
+        return
+    last = await store.last_event_id(task_id)
+    if last is None or parse_event_id(after) > parse_event_id(last):
+        raise InvalidRequest(
+            "event id beyond the end of this task's log: resume after an id the stream sent",
+            detail=[{"loc": ["last_event_id"], "msg": "beyond the last event id", "input": after[:64]}],
+        )
+
+
 def pick_dialect(request: Request, default: str, task_id: str, thread_id: str = "") -> Dialect:
     name = request.query_params.get("format", default)
     factory = DIALECTS.get(name)

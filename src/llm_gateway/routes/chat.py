@@ -11,7 +11,7 @@ from ..bodies import MessagesRequest, QuestionRequest, RunAgentInput, from_clien
 from ..errors import InvalidRequest, NotFound
 from ..http import decode_json, read_body, validate
 from ..openapi import doc
-from ..sse import checked_event_id, resume_point, task_stream
+from ..sse import check_resume, checked_event_id, resume_point, task_stream
 from ..state import Gateway, gateway
 from ..tenants import is_task_id, scoped, tenant_of
 
@@ -44,22 +44,28 @@ async def chat(request: Request) -> Response:
 
 
 async def _question(request: Request, gw: Gateway, body: QuestionRequest) -> Response:
+    after = resume_point(request)
     generation = from_text(body, gw.settings.claude_model)
     info = await gw.answers.task_for(tenant_of(request), generation, use_cache=body.use_cache)
-    return task_stream(request, gw, info.task_id, "status", after=resume_point(request))
+    await check_resume(gw.store, info.task_id, after)
+    return task_stream(request, gw, info.task_id, "status", after=after)
 
 
 async def _agent_run(request: Request, gw: Gateway, body: RunAgentInput) -> Response:
+    after = resume_point(request)
     generation = from_client_messages(body, gw.settings.claude_model)
     # The run id is the task id: the client's re-POST of the same run (with Last-Event-ID) attaches to it.
     info, _ = await gw.runner.submit(body.runId, generation, tenant=tenant_of(request), thread_id=body.threadId)
-    return task_stream(request, gw, info.task_id, "agui", after=resume_point(request), thread_id=body.threadId)
+    await check_resume(gw.store, info.task_id, after)
+    return task_stream(request, gw, info.task_id, "agui", after=after, thread_id=body.threadId)
 
 
 async def _legacy(request: Request, gw: Gateway, body: MessagesRequest) -> Response:
+    after = resume_point(request)
     generation = from_client_messages(body, gw.settings.claude_model)
     info, _ = await gw.runner.submit(None, generation, tenant=tenant_of(request))
-    return task_stream(request, gw, info.task_id, "tanstack", after=resume_point(request))
+    await check_resume(gw.store, info.task_id, after)
+    return task_stream(request, gw, info.task_id, "tanstack", after=after)
 
 
 @doc("Join an AG-UI run (joinRun)", stream="agui", query=["runId", "offset", "threadId", "format"], tag="chat")
@@ -76,6 +82,7 @@ async def join_run(request: Request) -> Response:
     after = resume_point(request) or (offset if offset not in (None, "", "-1") else None)
     if after is not None:
         checked_event_id(after)  # a bad offset is a 400 now, not a broken stream later
+    await check_resume(gw.store, info.task_id, after)
     thread_id = request.query_params.get("threadId", "")
     return task_stream(request, gw, info.task_id, "agui", after=after, thread_id=thread_id)
 

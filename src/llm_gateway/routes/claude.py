@@ -17,7 +17,7 @@ from ..errors import GatewayError, NotFound
 from ..events import TaskError, TaskInfo, TaskResult, TokenUsage
 from ..http import JSONResponse, read_json
 from ..openapi import doc
-from ..sse import checked_event_id, event_stream, frames, pick_dialect, resume_point
+from ..sse import check_resume, checked_event_id, event_stream, frames, pick_dialect, resume_point
 from ..state import gateway
 from ..tenants import path_task_id, public, tenant_of
 
@@ -114,6 +114,7 @@ async def subscribe(request: Request) -> Response:
     info = await _task(request)
     dialect = pick_dialect(request, "native", info.task_id)
     gw = gateway(request)
+    await check_resume(gw.store, info.task_id, after)
     if after is not None and info.finished and not await gw.store.read(info.task_id, after):
         # Resumed after the terminal event: 204 is what makes EventSource stop reconnecting.
         return Response(status_code=204, headers={"X-Task-Id": public(info.task_id)})
@@ -131,6 +132,7 @@ async def replay_ws(websocket: WebSocket) -> None:
             checked_event_id(after)
         if await gw.store.get_task(task_id) is None:
             raise NotFound(f"no task {public(task_id)} (unknown or expired)")
+        await check_resume(gw.store, task_id, after)
     except GatewayError as exc:
         message = {"event": "error", "data": {"type": exc.type, "message": exc.message}}
         await websocket.send_text(msgspec.json.encode(message).decode())

@@ -17,7 +17,7 @@ from ..aio import first_of, until_disconnect
 from ..errors import ErrorBody, GatewayError, InvalidRequest, NotFound
 from ..http import JSONResponse, decode_json, read_body, read_json, validate
 from ..openapi import doc
-from ..sse import event_stream, frames, pick_dialect, resume_point
+from ..sse import check_resume, event_stream, frames, pick_dialect, resume_point
 from ..state import Gateway, gateway
 from ..tenants import tenant_of
 from ..trellis import StatusRenderer, TrellisMessage, error_message, is_piapi_id, log_id, trellis_message
@@ -111,6 +111,7 @@ async def task_events(request: Request) -> Response:
     if not await gw.trellis.known(task_id, tenant_of(request)):
         raise NotFound(f"Trellis task {task_id} is unknown here and at PiAPI")
     dialect = pick_dialect(request, "trellis", log_id(task_id))
+    await check_resume(gw.store, log_id(task_id), after)
 
     async def watched() -> Any:
         async with gw.trellis.watching(task_id):

@@ -33,14 +33,23 @@ __all__ = [
 ]
 
 
-def open_store(url: str | None, *, prefix: str = "llmgw:", stream_ttl: int = 3600, outage_grace: float = 30.0) -> Store:
+def open_store(
+    url: str | None,
+    *,
+    prefix: str = "llmgw:",
+    stream_ttl: int = 3600,
+    outage_grace: float = 30.0,
+    max_bytes: int = 256 * 1024 * 1024,
+) -> Store:
     """The store for ``url``, not yet connected: ``connect()`` starts it, ``close()`` ends it.
 
-    ``outage_grace``: how long a Redis store may not answer before the tasks it holds end ``unavailable``."""
+    ``outage_grace``: how long a Redis store may not answer before the tasks it holds end ``unavailable``.
+    ``max_bytes`` bounds the embedded store's finished logs (Redis has its own ``maxmemory``).
+    """
     if not url:
         from .memory import MemoryStore
 
-        return MemoryStore(stream_ttl=stream_ttl)
+        return MemoryStore(stream_ttl=stream_ttl, max_bytes=max_bytes)
     from .redis import RedisStore
 
     return RedisStore.from_url(url, prefix=prefix, stream_ttl=stream_ttl, outage_grace=outage_grace)

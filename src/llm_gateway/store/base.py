@@ -47,12 +47,6 @@ def format_event_id(key: EventKey) -> str:
     return f"{key[0]}-{key[1]}"
 
 
-def next_event_id(last: EventKey) -> EventKey:
-    """Redis' rule: the clock's millisecond, or the last one with the next sequence number if the clock lags."""
-    now = int(time.time() * 1000)
-    return (now, 0) if now > last[0] else (last[0], last[1] + 1)
-
-
 def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z"
 
@@ -147,6 +141,9 @@ class EventLog(Protocol):
 
     async def read(self, task_id: str, after: str | None = None) -> EventBatch:
         """Every event after ``after`` (exclusive; None = from the start); MalformedEventId for a bad id."""
+
+    async def last_event_id(self, task_id: str) -> str | None:
+        """The id of the task's last event so far; None if it has none (or is unknown)."""
 
     def follow(self, task_id: str, after: str | None = None, *, heartbeat: float = 15.0) -> AsyncIterator[EventBatch]:
         """Batches of events after ``after``, live, ending with the terminal event (at once if already past it).

@@ -1,7 +1,14 @@
-"""The embedded store: everything in this process's memory, for a single replica."""
+"""The embedded store: everything in this process's memory, for a single replica.
+
+Logs are kept compact, so that what they hold is small and counted: a task's events are msgpack-encoded back to
+back in one buffer, with two int arrays to find them, and a finished task's info is encoded too (bench/store_memory.py:
+3.8 KiB for a finished 50-delta answer, where an object per event took 18 KiB). Finished logs go when they expire
+or, oldest first, when together they would hold more than ``max_bytes``. Running tasks are never evicted.
+"""
 
 from __future__ import annotations
 
+import array
 import asyncio
 import bisect
 import collections
@@ -9,68 +16,135 @@ import math
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 
-from ..events import Error, Event, TaskInfo
+import msgspec
+
+from ..events import Complete, Error, Event, TaskInfo, terminal_outcome
 from .base import (
     Ending,
     EventBatch,
     EventKey,
     LogRules,
-    format_event_id,
     may_append,
     may_finish,
     may_start,
-    next_event_id,
 )
+
+# A finished log's bytes besides its buffers and task id: its objects, array headers, its dict entry. Measured
+# with tracemalloc (bench/store_memory.py, tests/test_store.py), so that the bytes counted are the bytes held.
+LOG_OVERHEAD = 550
+
+_encoder = msgspec.msgpack.Encoder()
+_event_decoder = msgspec.msgpack.Decoder(Event)
+_info_decoder = msgspec.msgpack.Decoder(TaskInfo)
 
 
 class _Log:
-    __slots__ = ("appended", "cancel_requested", "changed", "events", "info", "keys", "lease_deadline")
+    __slots__ = ("appended", "cancel_requested", "changed", "data", "ends", "expires", "info", "lease_deadline", "ms")
 
     def __init__(self, info: TaskInfo, lease: int) -> None:
-        self.info = info
-        self.keys: list[EventKey] = []
-        self.events: EventBatch = []
-        self.changed = asyncio.Event()
+        self.info: TaskInfo | bytes = info  # encoded once finished
+        # The events back to back: event i ends at ends[i], and was added at ms[i] (the whole of its id: see event_id).
+        self.data: bytearray | bytes = bytearray()
+        self.ends = array.array("q")
+        self.ms = array.array("q")
+        self.changed: asyncio.Event | None = asyncio.Event()  # None once finished: nothing more will come
         self.lease_deadline = _deadline(lease)
         self.cancel_requested = False
+        self.expires = math.inf
         self.appended = 0  # events its owner appended (``offset`` of ``append``)
 
-    def add(self, event: Event) -> str:
-        key = next_event_id(self.keys[-1] if self.keys else (0, 0))
-        event_id = format_event_id(key)
-        self.keys.append(key)
-        self.events.append((event_id, event))
-        return event_id
+    def task_info(self) -> TaskInfo:
+        """A running task's own (mutable) info; a finished one's, decoded."""
+        if isinstance(self.info, TaskInfo):
+            return self.info
+        info = _info_decoder.decode(self.info)
+        terminal = self.events(len(self.ends) - 1)[0][1]
+        assert isinstance(terminal, Complete | Error)
+        _, info.result, info.error = terminal_outcome(terminal)
+        return info
 
-    def notify(self) -> None:
-        changed, self.changed = self.changed, asyncio.Event()
-        changed.set()
+    def add(self, event: Event) -> str:
+        now = int(time.time() * 1000)
+        self.ms.append(max(now, self.ms[-1]) if self.ms else now)  # a clock that went back gives the last ms again
+        self.data += _encoder.encode(event)
+        self.ends.append(len(self.data))
+        return self.event_id(len(self.ms) - 1)
+
+    def event_id(self, i: int) -> str:
+        """Redis' rule: ``<ms>-<seq>``, seq numbering the events of one ms from 0 (so it needs no storing)."""
+        return f"{self.ms[i]}-{i - bisect.bisect_left(self.ms, self.ms[i])}"
 
     def position(self, after: EventKey | None) -> int:
-        return 0 if after is None else bisect.bisect_right(self.keys, after)
+        """The index of the first event after ``after``."""
+        if after is None:
+            return 0
+        ms, seq = after
+        first = bisect.bisect_left(self.ms, ms)
+        return first + min(seq + 1, bisect.bisect_right(self.ms, ms) - first)
+
+    def events(self, start: int) -> EventBatch:
+        batch: EventBatch = []
+        begin = self.ends[start - 1] if start else 0
+        with memoryview(self.data) as data:
+            for i in range(start, len(self.ends)):
+                batch.append((self.event_id(i), _event_decoder.decode(data[begin : self.ends[i]])))
+                begin = self.ends[i]
+        return batch
+
+    def last_id(self) -> str | None:
+        return self.event_id(len(self.ms) - 1) if self.ms else None
+
+    def notify(self) -> None:
+        if self.changed is not None:
+            changed, self.changed = self.changed, asyncio.Event()
+            changed.set()
 
     def lapsed(self) -> bool:
         return self.lease_deadline < time.monotonic()
 
+    def freeze(self, expires: float) -> None:
+        """The task finished: its log never changes again, so hold it in as few bytes as it takes."""
+        info = self.task_info()
+        self.info = _encoder.encode(msgspec.structs.replace(info, result=None, error=None))  # in its terminal event
+        self.data = bytes(self.data)
+        self.ends, self.ms = array.array("q", self.ends), array.array("q", self.ms)
+        self.expires = expires
+        changed, self.changed = self.changed, None
+        if changed is not None:
+            changed.set()
+
+    def size(self, task_id: str) -> int:
+        """What a finished log holds, in bytes."""
+        assert isinstance(self.info, bytes)
+        arrays = (len(self.ends) + len(self.ms)) * 8
+        return LOG_OVERHEAD + len(task_id) + len(self.info) + len(self.data) + arrays
+
 
 class MemoryStore(LogRules):
-    def __init__(self, *, stream_ttl: int = 3600) -> None:
+    def __init__(self, *, stream_ttl: int = 3600, max_bytes: int = 256 * 1024 * 1024) -> None:
         self.stream_ttl = stream_ttl
-        self._logs: dict[str, _Log] = {}
-        self._expiry: collections.deque[tuple[float, str]] = collections.deque()
+        self.max_bytes = max_bytes
+        self.finished_bytes = 0  # what the finished logs hold, within max_bytes
+        self._running: dict[str, _Log] = {}  # queued or running
+        self._finished: collections.OrderedDict[str, _Log] = collections.OrderedDict()  # oldest first
         self._values: dict[str, tuple[bytes, float]] = {}
         self._sets: dict[str, set[str]] = {}
         self._slots: dict[str, dict[str, float]] = {}
 
-    def _purge_expired(self) -> None:
+    def _trim(self) -> None:
+        """Drop the finished logs that expired, then the oldest while they hold more than ``max_bytes``."""
         now = time.monotonic()
-        while self._expiry and self._expiry[0][0] <= now:
-            _, task_id = self._expiry.popleft()
-            self._logs.pop(task_id, None)
+        while self._finished:
+            task_id, log = next(iter(self._finished.items()))  # the oldest, the first to expire (one TTL for all)
+            if log.expires > now and self.finished_bytes <= self.max_bytes:
+                return
+            del self._finished[task_id]
+            self.finished_bytes -= log.size(task_id)
 
     def _log(self, task_id: str) -> _Log | None:
-        self._purge_expired()
-        return self._logs.get(task_id)
+        self._trim()
+        log = self._running.get(task_id)
+        return log if log is not None else self._finished.get(task_id)
 
     async def connect(self) -> None:
         return None
@@ -80,64 +154,67 @@ class MemoryStore(LogRules):
 
     async def get_task(self, task_id: str) -> TaskInfo | None:
         log = self._log(task_id)
-        return None if log is None else log.info
+        return None if log is None else log.task_info()
+
+    async def last_event_id(self, task_id: str) -> str | None:
+        log = self._log(task_id)
+        return None if log is None else log.last_id()
 
     async def _create(self, info: TaskInfo, lease: int) -> TaskInfo | None:
         log = self._log(info.task_id)
         if log is not None:
-            return log.info
-        self._logs[info.task_id] = _Log(info, lease)
+            return log.task_info()
+        self._running[info.task_id] = _Log(info, lease)
         return None
 
     async def _start(self, task_id: str, owner: str, lease: int, event: Event, at: str) -> str | None:
-        log = self._logs.get(task_id)
-        if log is not None and log.info.status == "running" and log.info.owner == owner:
-            return log.events[0][0]
-        if log is None or not may_start(log.info):
+        log = self._running.get(task_id)
+        if log is not None and log.ends and log.task_info().status == "running" and log.task_info().owner == owner:
+            return log.event_id(0)  # a start tried again: it happened
+        if log is None or not may_start(info := log.task_info()):
             return None
-        log.info.status, log.info.owner, log.info.updated_at = "running", owner, at
+        info.status, info.owner, info.updated_at = "running", owner, at
         log.lease_deadline = _deadline(lease)
         event_id = log.add(event)
         log.notify()
         return event_id
 
     async def _append(self, task_id: str, events: Sequence[Event], owner: str, offset: int | None) -> list[str] | None:
-        log = self._logs.get(task_id)
-        if log is None or not may_append(log.info, owner):
+        log = self._running.get(task_id)
+        if log is None or not may_append(log.task_info(), owner):
             return None
-        done = 0
+        done = 0  # of these events, already appended by an earlier try
         if offset is not None:
             done = min(max(log.appended - offset, 0), len(events))
             log.appended = max(log.appended, offset + len(events))
-        ids = [event_id for event_id, _ in log.events[len(log.events) - done :]] if done else []
+        count = len(log.ends)
+        ids = [log.event_id(i) for i in range(count - done, count)]
         ids += [log.add(event) for event in events[done:]]
         log.notify()
         return ids
 
     async def _finish(self, task_id: str, end: Ending, *, only_if_lapsed: bool) -> bool:
-        log = self._logs.get(task_id)
-        if log is None or not may_finish(log.info) or (only_if_lapsed and not log.lapsed()):
+        log = self._running.get(task_id)
+        if log is None or not may_finish(info := log.task_info()) or (only_if_lapsed and not log.lapsed()):
             return False
         log.add(end.event)
-        log.info.status, log.info.result, log.info.error, log.info.updated_at = (
-            end.status,
-            end.result,
-            end.error,
-            end.at,
-        )
-        self._expiry.append((time.monotonic() + self.stream_ttl, task_id))
-        log.notify()
+        info.status, info.result, info.error, info.updated_at = end.status, end.result, end.error, end.at
+        del self._running[task_id]
+        log.freeze(time.monotonic() + self.stream_ttl)
+        self._finished[task_id] = log
+        self.finished_bytes += log.size(task_id)
+        self._trim()
         return True
 
     async def _lapsed(self) -> list[str]:
-        return [task_id for task_id, log in self._logs.items() if may_finish(log.info) and log.lapsed()]
+        return [task_id for task_id, log in self._running.items() if log.lapsed()]
 
     async def _renew(self, task_ids: Sequence[str], lease: int) -> list[str]:
         deadline = _deadline(lease)
         cancelled = []
         for task_id in task_ids:
-            log = self._logs.get(task_id)
-            if log is not None and may_finish(log.info):
+            log = self._running.get(task_id)
+            if log is not None:
                 log.lease_deadline = deadline
                 if log.cancel_requested:
                     cancelled.append(task_id)
@@ -146,12 +223,9 @@ class MemoryStore(LogRules):
     async def release(self, task_id: str) -> None:
         return None
 
-    def abandon(self, task_id: str, event: Error) -> None:
-        return None  # never called: this store is in the process, so it takes every terminal event
-
     async def _read(self, task_id: str, after: EventKey | None) -> EventBatch:
         log = self._log(task_id)
-        return [] if log is None else log.events[log.position(after) :]
+        return [] if log is None else log.events(log.position(after))
 
     async def _follow(self, task_id: str, after: EventKey, heartbeat: float) -> AsyncGenerator[EventBatch]:
         log = self._log(task_id)
@@ -160,21 +234,24 @@ class MemoryStore(LogRules):
         position = log.position(after)
         while True:
             changed = log.changed
-            if position < len(log.events):
-                batch = log.events[position:]
-                position = len(log.events)
+            if position < len(log.ends):
+                batch = log.events(position)
+                position += len(batch)
                 yield batch
                 continue
-            if log.info.finished:
-                return  # resumed at or after the terminal event: nothing more will come
+            if changed is None:
+                return  # finished, and resumed at or after the terminal event: nothing more will come
             try:
                 async with asyncio.timeout(heartbeat):
                     await changed.wait()
             except TimeoutError:
                 yield []
 
+    def abandon(self, task_id: str, event: Error) -> None:
+        return None  # never called: this store is in the process, so it takes every terminal event
+
     async def request_cancel(self, task_id: str) -> None:
-        log = self._logs.get(task_id)
+        log = self._running.get(task_id)
         if log is not None:
             log.cancel_requested = True
 
@@ -249,7 +326,9 @@ class MemoryStore(LogRules):
     async def close(self) -> None:
         self._sets.clear()
         self._slots.clear()
-        self._logs.clear()
+        self._running.clear()
+        self._finished.clear()
+        self.finished_bytes = 0
         self._values.clear()
 
 

@@ -1,9 +1,9 @@
 """The Redis store: task hashes, Redis Streams event logs, a lease zset, and one multiplexed reader per replica.
 
-Layout (prefix ``llmgw:``, keys built by keys.RedisKeys): ``task:{id}`` hash, ``events:{id}`` stream (field
-``e`` = event JSON), ``running`` zset (task id -> lease deadline in server ms), channel ``cancel`` (task ids),
-``wake:{replica}``, a tiny stream that only this replica's reader watches (see redis_fanout), and the app's
-small values under ``kv:``.
+Layout (prefix ``llmgw:``, keys built by keys.RedisKeys): ``{<id>}:task`` hash, ``{<id>}:events`` stream (field
+``e`` = event JSON; the task id in braces is their hash tag), ``running`` zset (task id -> lease deadline in server
+ms), channel ``cancel`` (task ids), ``wake:<replica>``, a tiny stream that only this replica's reader watches (see
+redis_fanout), and the app's small values under ``kv:``.
 """
 
 from __future__ import annotations
@@ -175,6 +175,10 @@ class RedisStore(LogRules):
                 return batch
             cursor = page[-1][0]
 
+    async def last_event_id(self, task_id: str) -> str | None:
+        entries: Any = await self._call(self._redis.xrevrange(self._keys.events(task_id), count=1))
+        return text(entries[0][0]) if entries else None
+
     async def _page(self, key: str, after: str | None) -> EventBatch:
         start = "-" if after is None else f"({after}"
         entries: Any = await self._call(self._redis.xrange(key, start, "+", count=PAGE))
@@ -264,7 +268,7 @@ class RedisStore(LogRules):
         return max(time.monotonic() - failing_since, self._health.silent_for() or 0.0)
 
     async def request_cancel(self, task_id: str) -> None:
-        await self._call(self._lua.request_cancel(keys=[self._keys.task(task_id), self._keys.cancel], args=[task_id]))
+        await self._call(self._lua.request_cancel(keys=[self._keys.task(task_id)], args=[task_id, self._keys.cancel]))
 
     async def cancel_requests(self) -> AsyncIterator[str]:
         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)

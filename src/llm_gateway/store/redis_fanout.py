@@ -46,6 +46,9 @@ async def command(reply: Awaitable[T], *, timeout: float = COMMAND_TIMEOUT) -> T
         raise StoreUnavailable(type(exc).__name__) from exc
 
 
+WAKE_TTL = 300  # seconds the wake stream outlives its last wake-up, so a replica that died leaves nothing behind
+
+
 def text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -118,6 +121,10 @@ class Fanout:
 
     async def stop(self) -> None:
         await cancel_and_wait(self._task)
+        if self._waker is not None:
+            with contextlib.suppress(redis.RedisError, TimeoutError):  # Redis may be down: then the TTL removes it
+                async with asyncio.timeout(1):
+                    await self._waker.delete(self._wake_key)
 
     def subscribe(self, key: str, after: str) -> tuple[Subscription, bool]:
         """Register a subscriber (synchronously, so a caller's ``finally`` can always undo it).
@@ -183,7 +190,10 @@ class Fanout:
         self._idle.set()
         if not self._wake_pending and self._waker is not None:
             self._wake_pending = True
-            await command(self._waker.xadd(self._wake_key, {b"w": b"1"}, maxlen=16, approximate=True))
+            async with self._waker.pipeline() as pipe:
+                pipe.xadd(self._wake_key, {b"w": b"1"}, maxlen=16, approximate=True)
+                pipe.expire(self._wake_key, WAKE_TTL)
+                await command(pipe.execute())
 
     async def _run(self) -> None:
         backoff = 0.1

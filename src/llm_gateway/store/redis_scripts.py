@@ -90,9 +90,10 @@ end
 return cancelled
 """
 
+# ARGV[2]: the channel. Not in KEYS: a channel is no key, and would put the script across two cluster slots.
 REQUEST_CANCEL = """
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'cancel', '1') end
-return redis.call('PUBLISH', KEYS[2], ARGV[1])
+return redis.call('PUBLISH', ARGV[2], ARGV[1])
 """
 
 LAPSED = """
