@@ -17,7 +17,17 @@ import msgspec
 from msgspec import Meta
 
 from .bodies import MaxTokens, Model
-from .content import Base64Source, Block, ImageBlock, Message, Role, TextBlock, ToolResultBlock, ToolUseBlock, UrlSource
+from .content import (
+    Base64Source,
+    Block,
+    ImageBlock,
+    Message,
+    TextBlock,
+    ToolResultBlock,
+    ToolUseBlock,
+    Turns,
+    UrlSource,
+)
 from .errors import InvalidRequest
 from .providers import GenerationRequest
 from .providers.registry import VENDOR_KEYS
@@ -158,30 +168,21 @@ def from_chat_completion(body: ChatCompletionRequest, default_model: str) -> Gen
 
 def to_anthropic(messages: list[ChatMessage]) -> tuple[list[Message], str | None]:
     """(messages, system) for the Messages API."""
-    system: list[str] = []
-    turns: list[tuple[Role, list[Block]]] = []
-
-    def add(role: Role, blocks: list[Block]) -> None:
-        if not blocks:
-            return
-        if turns and turns[-1][0] == role:
-            turns[-1][1].extend(blocks)
-        else:
-            turns.append((role, blocks))
+    turns = Turns()
 
     for i, message in enumerate(messages):
         match message:
             case SystemMessage(content=content) | DeveloperMessage(content=content):
-                system.append(_text(content))
+                turns.system.append(_text(content))
             case UserMessage(content=content):
-                add("user", _user_blocks(content, i))
+                turns.add("user", _user_blocks(content, i))
             case AssistantMessage():
-                add("assistant", _assistant_blocks(message, i))
+                turns.add("assistant", _assistant_blocks(message, i))
             case ToolMessage(tool_call_id=call_id, content=content):
-                add("user", [ToolResultBlock(call_id, _text(content))])
-    if not turns:
+                turns.add("user", [ToolResultBlock(call_id, _text(content))])
+    if turns.last_role is None:
         raise _bad("messages must hold a user message", "messages")
-    return [Message(role, blocks) for role, blocks in turns], "\n\n".join(s for s in system if s) or None
+    return turns.messages(), turns.system_prompt()
 
 
 def _text(content: str | list[TextPart]) -> str:

@@ -97,3 +97,30 @@ def text_of(content: str | Sequence[Block]) -> str:
     if isinstance(content, str):
         return content
     return "".join(block.text for block in content if isinstance(block, TextBlock))
+
+
+class Turns:
+    """Messages for the Messages API, built turn by turn: consecutive turns of one role are merged (it wants
+    them to alternate), system texts are gathered into one prompt."""
+
+    def __init__(self) -> None:
+        self.system: list[str] = []
+        self._turns: list[tuple[Role, list[Block]]] = []
+
+    def add(self, role: Role, blocks: list[Block]) -> None:
+        if not blocks:
+            return
+        if self._turns and self._turns[-1][0] == role:
+            self._turns[-1][1].extend(blocks)
+        else:
+            self._turns.append((role, blocks))
+
+    @property
+    def last_role(self) -> Role | None:
+        return self._turns[-1][0] if self._turns else None
+
+    def messages(self) -> list[Message]:
+        return [Message(role, blocks) for role, blocks in self._turns]
+
+    def system_prompt(self) -> str | None:
+        return "\n\n".join(text for text in self.system if text) or None

@@ -16,10 +16,10 @@ from .content import (
     Block,
     ImageBlock,
     Message,
-    Role,
     TextBlock,
     ToolResultBlock,
     ToolUseBlock,
+    Turns,
     UrlSource,
     text_of,
 )
@@ -82,38 +82,29 @@ def _text_of(content: str | list[dict[str, Any]] | None) -> str:
 
 def to_anthropic(messages: list[ClientMessage]) -> tuple[list[Message], str | None]:
     """(messages, system) for the Messages API."""
-    system: list[str] = []
-    turns: list[tuple[Role, list[Block]]] = []
-
-    def add(role: Role, blocks: list[Block]) -> None:
-        if not blocks:
-            return
-        if turns and turns[-1][0] == role:
-            turns[-1][1].extend(blocks)
-        else:
-            turns.append((role, blocks))
+    turns = Turns()
 
     for i, message in enumerate(messages):
         if message.role == "system":
-            system.append(_text_of(message.content))
+            turns.system.append(_text_of(message.content))
         elif message.role == "user":
-            add("user", _blocks(message.content))
+            turns.add("user", _blocks(message.content))
         elif message.role == "assistant":
             blocks = _blocks(message.content)
             for j, call in enumerate(message.toolCalls or ()):
                 arguments = _arguments(call.function.arguments, f"messages.{i}.toolCalls.{j}.function.arguments")
                 blocks.append(ToolUseBlock(call.id, call.function.name, arguments))
-            add("assistant", blocks)
+            turns.add("assistant", blocks)
         elif message.role == "tool":
-            add("user", [ToolResultBlock(message.toolCallId or "", _text_of(message.content))])
+            turns.add("user", [ToolResultBlock(message.toolCallId or "", _text_of(message.content))])
         # "reasoning" rows and unknown roles carry nothing the Messages API takes back.
-    if not turns or turns[-1][0] != "user":
+    if turns.last_role != "user":
         raise InvalidRequest(
             "the conversation must end with a user message or tool results",
             detail=[{"loc": ["body", "messages"], "msg": "no user turn to answer"}],
             status=422,
         )
-    return [Message(role, blocks) for role, blocks in turns], "\n\n".join(s for s in system if s) or None
+    return turns.messages(), turns.system_prompt()
 
 
 def to_anthropic_tools(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:

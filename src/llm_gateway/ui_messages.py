@@ -26,10 +26,10 @@ from .content import (
     DocumentBlock,
     ImageBlock,
     Message,
-    Role,
     TextBlock,
     ToolResultBlock,
     ToolUseBlock,
+    Turns,
     UrlSource,
 )
 from .errors import InvalidRequest
@@ -109,33 +109,24 @@ def to_generation(body: AiChatRequest, messages: Sequence[UIMessage], default_mo
 
 def to_anthropic(messages: Sequence[UIMessage]) -> tuple[list[Message], str | None]:
     """(messages, system) for the Messages API; 422 unless the chat ends with a user turn or tool results."""
-    system: list[str] = []
-    turns: list[tuple[Role, list[Block]]] = []
-
-    def add(role: Role, blocks: list[Block]) -> None:
-        if not blocks:
-            return
-        if turns and turns[-1][0] == role:
-            turns[-1][1].extend(blocks)
-        else:
-            turns.append((role, blocks))
+    turns = Turns()
 
     for message in messages:
         if message.role == "system":
-            system.append("".join(str(p.get("text", "")) for p in message.parts if p.get("type") == "text"))
+            turns.system.append("".join(str(p.get("text", "")) for p in message.parts if p.get("type") == "text"))
         elif message.role == "user":
-            add("user", [block for part in message.parts for block in _user_block(part)])
+            turns.add("user", [block for part in message.parts for block in _user_block(part)])
         else:
             for calls, results in _steps(message.parts):
-                add("assistant", calls)
-                add("user", results)
-    if not turns or turns[-1][0] != "user":
+                turns.add("assistant", calls)
+                turns.add("user", results)
+    if turns.last_role != "user":
         raise InvalidRequest(
             "the chat must end with a user message or tool results",
             detail=[{"loc": ["body", "messages"], "msg": "no user turn to answer"}],
             status=422,
         )
-    return [Message(role, blocks) for role, blocks in turns], "\n\n".join(s for s in system if s) or None
+    return turns.messages(), turns.system_prompt()
 
 
 def _user_block(part: Part) -> list[Block]:
