@@ -265,6 +265,18 @@ async def test_the_embedded_store_counts_what_its_logs_hold_and_gives_it_back() 
     assert store.finished_bytes == 0 and left < held / 20, (left, held)
 
 
+async def test_the_embedded_store_hands_what_it_dropped_back_to_the_os(monkeypatch: pytest.MonkeyPatch) -> None:
+    trims: list[int] = []
+    monkeypatch.setattr(memory, "_malloc_trim", trims.append)
+    monkeypatch.setattr(memory, "TRIM_AFTER", 20_000)
+    store = MemoryStore(stream_ttl=60, max_bytes=10_000)
+    for i in range(20):
+        await answered(store, f"t{i:02}")
+    assert trims and set(trims) == {0} and len(trims) <= 60_000 // 20_000, "once in a while, not per log"
+    trim = memory._glibc_malloc_trim()
+    assert trim is None or trim(0) in (0, 1)
+
+
 async def test_finished_redis_keys_get_the_stream_ttl(redis_url: str) -> None:
     import redis.asyncio as aioredis
 
