@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 import uvicorn
 from starlette.types import ASGIApp
 
@@ -94,3 +99,41 @@ async def replica_process(
                 process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+NODE_DIR = Path(__file__).parent / "node"
+
+
+@dataclass
+class NodeRun:
+    returncode: int
+    result: dict[str, Any]  # the JSON object on the script's last line of output
+    stderr: str
+
+
+async def run_node(script: str, *args: str, needs: str, timeout: float = 30) -> NodeRun:
+    """Run ``tests/node/<script>`` (the gateway under test serves from this event loop, so not blocking it).
+
+    ``needs``: a package under node_modules that must be installed (scripts/install runs ``npm ci``)."""
+    node = shutil.which("node")
+    assert node is not None
+    if not (NODE_DIR / "node_modules" / needs / "package.json").exists():
+        pytest.fail("tests/node/node_modules is missing: run scripts/install (it runs `npm ci` in tests/node)")
+    process = await asyncio.create_subprocess_exec(
+        node,
+        str(NODE_DIR / script),
+        *args,
+        cwd=NODE_DIR,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=timeout)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        pytest.fail(f"node {script} {args[:2]} did not finish in {timeout:.0f} s")
+    lines = stdout.decode().strip().splitlines()
+    if not lines:
+        pytest.fail(f"node printed nothing (exit {process.returncode}); stderr:\n{stderr.decode()}")
+    return NodeRun(process.returncode or 0, json.loads(lines[-1]), stderr.decode())

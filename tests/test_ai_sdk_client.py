@@ -8,11 +8,9 @@ every chunk the gateway sends against the package's own uiMessageChunkSchema.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 import uuid
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,39 +18,18 @@ import pytest
 
 from llm_gateway.emulator import emulated_text, emulated_tool_id, emulated_tool_input
 from tests.conftest import Emulator
-from tests.servers import replica_process
+from tests.servers import replica_process, run_node
 
-NODE_DIR = Path(__file__).parent / "node"
-SCRIPT = NODE_DIR / "ai_sdk_client.mjs"
+SCRIPT = "ai_sdk_client.mjs"
 NODE = shutil.which("node")
 
 pytestmark = pytest.mark.skipif(NODE is None, reason="node is not on PATH: the real `ai` package runs in Node")
 
 
 async def run_client(**args: Any) -> dict[str, Any]:
-    if not (NODE_DIR / "node_modules" / "ai" / "package.json").exists():
-        pytest.fail("tests/node/node_modules is missing: run scripts/install (it runs `npm ci` in tests/node)")
-    assert NODE is not None
-    process = await asyncio.create_subprocess_exec(
-        NODE,
-        str(SCRIPT),
-        json.dumps(args),
-        cwd=NODE_DIR,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        pytest.fail(f"node {SCRIPT.name} {args['scenario']} did not finish in 30 s")
-    lines = stdout.decode().strip().splitlines()
-    if not lines:
-        pytest.fail(f"node printed nothing (exit {process.returncode}); stderr:\n{stderr.decode()}")
-    result: dict[str, Any] = json.loads(lines[-1])
-    assert process.returncode == 0 and result["ok"], (result.get("error"), result.get("invalid"), stderr.decode())
-    return result
+    run = await run_node(SCRIPT, json.dumps(args), needs="ai")
+    assert run.returncode == 0 and run.result["ok"], (run.result.get("error"), run.result.get("invalid"), run.stderr)
+    return run.result
 
 
 def new_chat_id() -> str:

@@ -15,7 +15,6 @@ import re
 import shutil
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -23,49 +22,19 @@ import pytest
 
 from llm_gateway.emulator import emulated_deltas, emulated_text, emulated_tool_id, emulated_tool_input
 from tests.conftest import Emulator
+from tests.servers import NodeRun, run_node
 
-NODE_DIR = Path(__file__).parent / "node"
-SCRIPT = NODE_DIR / "chat_client.mjs"
+SCRIPT = "chat_client.mjs"
 NODE = shutil.which("node")
 
 pytestmark = pytest.mark.skipif(NODE is None, reason="node is not on PATH: the real @tanstack/ai-client runs in Node")
 
 
-@dataclass
-class ClientRun:
-    returncode: int
-    result: dict[str, Any]
-    stderr: str
+async def run_client(base_url: str, scenario: str, prompt: str, *extra: str) -> NodeRun:
+    return await run_node(SCRIPT, base_url, scenario, prompt, *extra, needs="@tanstack/ai-client")
 
 
-async def run_client(base_url: str, scenario: str, prompt: str, *extra: str) -> ClientRun:
-    if not (NODE_DIR / "node_modules" / "@tanstack" / "ai-client" / "package.json").exists():
-        pytest.fail("tests/node/node_modules is missing: run scripts/install (it runs `npm ci` in tests/node)")
-    assert NODE is not None
-    process = await asyncio.create_subprocess_exec(
-        NODE,
-        str(SCRIPT),
-        base_url,
-        scenario,
-        prompt,
-        *extra,
-        cwd=NODE_DIR,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        pytest.fail(f"node {SCRIPT.name} {scenario} did not finish in 30 s")
-    lines = stdout.decode().strip().splitlines()
-    if not lines:
-        pytest.fail(f"node printed nothing (exit {process.returncode}); stderr:\n{stderr.decode()}")
-    return ClientRun(process.returncode or 0, json.loads(lines[-1]), stderr.decode())
-
-
-def succeeded(run: ClientRun) -> dict[str, Any]:
+def succeeded(run: NodeRun) -> dict[str, Any]:
     assert run.returncode == 0 and run.result["ok"], (run.result, run.stderr)
     assert run.result["status"] == "ready"
     assert run.result["errors"] == [] and run.result["error"] is None
