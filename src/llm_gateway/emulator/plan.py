@@ -10,6 +10,7 @@ emulator with directives anywhere in that text, e.g. ``hello [emu:deltas=10] [em
                     error_midstream | drop | stall -> after ``after`` deltas (default 3) send an
                     ``event: error``, cut the connection, or go silent until the client leaves
     after=N         see ``fault``
+    faults=N        the fault hits only the first N requests with this prompt (a retry then succeeds)
     retry_after=N   ``retry-after`` header of fault=429 (default 1)
     tool=NAME       answer with a tool call after the text (`emulated_tool_input`)
 
@@ -40,6 +41,7 @@ class _Directives(msgspec.Struct, forbid_unknown_fields=True):
     after: Annotated[int, msgspec.Meta(ge=0)] = 3
     retry_after: Annotated[int, msgspec.Meta(ge=0)] = 1
     tool: str | None = None
+    faults: Annotated[int, msgspec.Meta(ge=0)] | None = None
 
 
 class BadDirective(ValueError):
@@ -76,6 +78,8 @@ def plan(prompt: str, *, stream: bool, limit: int | None, emulator: Emulator) ->
     except msgspec.ValidationError as exc:
         raise BadDirective(f"bad emulator directive: {exc}") from None
     fault = found.fault
+    if found.faults is not None and emulator.count_request(prompt) > found.faults:
+        fault = None
     if fault == "error_midstream" and not stream:
         fault = "529"  # what the real API answers a non-streaming request when overloaded
     return Plan(

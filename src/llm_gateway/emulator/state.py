@@ -45,3 +45,11 @@ class Emulator:
     delay: float
     api_key: str | None
     stats: EmulatorStats = dataclasses.field(default_factory=EmulatorStats)
+    requests_by_prompt: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+
+    def count_request(self, prompt: str) -> int:
+        """How many requests asked for ``prompt`` so far, this one included (for ``[emu:faults=N]``)."""
+        if len(self.requests_by_prompt) > 10_000:
+            self.requests_by_prompt.clear()  # a bound: only tests rely on it, and they use few prompts
+        self.requests_by_prompt[prompt] += 1
+        return self.requests_by_prompt[prompt]

@@ -1,7 +1,8 @@
-"""Claude through the official SDK: the Messages stream mapped to our events."""
+"""Claude: the Messages stream, sent over the lean transport and mapped to our events; token counts via the SDK."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, cast
@@ -13,13 +14,38 @@ import msgspec
 from ..errors import GatewayError
 from ..events import Complete, Event, Text, TokenUsage, ToolCall, Usage
 from .anthropic_wire import SSEDecoder, WireEvent, decode_wire_event
-from .base import GenerationRequest, error_from_upstream
+from .base import GenerationRequest, error_from_upstream, read_capped, retry_delay, worth_retrying
 from .transport import LeanTransport
+
+API_VERSION = "2023-06-01"
+_encode = msgspec.json.Encoder().encode
+_RETRY_ERRORS = (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.RemoteProtocolError, httpx2.ReadTimeout)
 
 
 class AnthropicProvider:
-    def __init__(self, client: anthropic.AsyncAnthropic) -> None:
+    """Streams go straight to ``POST /v1/messages`` over the lean transport; the SDK serves the rest.
+
+    Why not the SDK for streams: building and sending a request through it was a third of the gateway's CPU
+    per streamed answer (py-spy, bench/streams.py). Its retry rule is kept (``worth_retrying``,
+    ``retry_delay``); only a request is retried, never a started stream.
+    """
+
+    def __init__(self, client: anthropic.AsyncAnthropic, transport: LeanTransport, idle_timeout: float) -> None:
         self._client = client
+        self._transport = transport
+        self._url = client.base_url.join("v1/messages")
+        self._max_retries = client.max_retries
+        self._timeouts = {"connect": 10.0, "read": idle_timeout, "write": 30.0, "pool": 30.0}
+        credential = (
+            {"x-api-key": client.api_key} if client.api_key else {"authorization": f"Bearer {client.auth_token}"}
+        )
+        self._headers = {
+            **credential,
+            "anthropic-version": API_VERSION,
+            "content-type": "application/json",
+            "accept": "text/event-stream",
+            "user-agent": "llm-gateway",
+        }
 
     @classmethod
     def create(
@@ -33,35 +59,71 @@ class AnthropicProvider:
     ) -> AnthropicProvider:
         # The read timeout is the idle timeout: it bounds the silence between two chunks of the stream.
         timeout = httpx2.Timeout(connect=10.0, read=idle_timeout, write=30.0, pool=30.0)
+        transport = LeanTransport()
         client = anthropic.AsyncAnthropic(
             api_key=api_key,
             auth_token=auth_token,
             base_url=base_url,
             timeout=timeout,
             max_retries=max_retries,
-            http_client=anthropic.DefaultAsyncHttpxClient(transport=LeanTransport(), timeout=timeout),
+            http_client=anthropic.DefaultAsyncHttpxClient(transport=transport, timeout=timeout),
         )
-        return cls(client)
+        return cls(client, transport, idle_timeout)
 
     async def close(self) -> None:
         await self._client.close()
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Event]:
-        with upstream_errors():
-            async with self._client.messages.with_streaming_response.create(
-                **_arguments(request), stream=True
-            ) as response:
+        body = _encode(messages_body(request))
+        mapper = StreamMapper(request.model)
+        try:
+            response = await self._send(body)
+            try:
                 decoder = SSEDecoder()
-                mapper = StreamMapper(request.model)
-                async for chunk in response.iter_bytes():
+                async for chunk in response.aiter_bytes():
                     for event in mapper.feed_payloads(decoder.feed(chunk)):
                         yield event
                 for event in mapper.feed_payloads(decoder.finish()):
                     yield event
                 # The body was read to its end (just past message_stop): the connection goes back to the pool.
-            if mapper.complete is None:
-                raise GatewayError("upstream_error", "upstream stream ended before message_stop")
-            yield mapper.complete
+            finally:
+                await response.aclose()
+        except msgspec.DecodeError:
+            raise GatewayError("upstream_error", "upstream sent a malformed stream event") from None
+        except httpx2.TimeoutException:
+            raise GatewayError("upstream_timeout", "upstream sent nothing within UPSTREAM_IDLE_TIMEOUT") from None
+        except httpx2.HTTPError as exc:
+            raise GatewayError("upstream_error", f"upstream connection failed: {type(exc).__name__}") from None
+        if mapper.complete is None:
+            raise GatewayError("upstream_error", "upstream stream ended before message_stop")
+        yield mapper.complete
+
+    async def _send(self, body: bytes) -> httpx2.Response:
+        """The response to a successful request, retried as the SDK would (connection failures, 408/409/429/5xx)."""
+        attempt = 0
+        while True:
+            request = httpx2.Request(
+                "POST", self._url, headers=self._headers, content=body, extensions={"timeout": self._timeouts}
+            )
+            try:
+                response = await self._transport.handle_async_request(request)
+            except _RETRY_ERRORS:
+                if attempt >= self._max_retries:
+                    raise
+                await asyncio.sleep(retry_delay(attempt, {}))
+                attempt += 1
+                continue
+            if response.status_code < 300:
+                return response
+            try:
+                raw = await read_capped(response.aiter_bytes())
+            finally:
+                await response.aclose()
+            if attempt < self._max_retries and worth_retrying(response.status_code, response.headers):
+                await asyncio.sleep(retry_delay(attempt, response.headers))
+                attempt += 1
+                continue
+            raise _status_error(response, raw)
 
     async def count_tokens(self, request: GenerationRequest) -> int:
         """The upstream's count of the request's input tokens (``POST /v1/messages/count_tokens``)."""
@@ -78,24 +140,38 @@ class AnthropicProvider:
         return counted.input_tokens
 
 
-def _arguments(request: GenerationRequest) -> dict[str, Any]:
-    """The SDK's arguments for ``request``: what the client left out is left out."""
-    omit = anthropic.omit
-    # SDK 2.x has no temperature, top_p or top_k argument: they go in the body, and only when the client gave them.
-    sampling = {"temperature": request.temperature, "top_p": request.top_p, "top_k": request.top_k}
-    extra_body = {name: value for name, value in sampling.items() if value is not None}
-    return {
+def messages_body(request: GenerationRequest) -> dict[str, Any]:
+    """The streamed Messages API body for ``request``: what the client left out is left out."""
+    body: dict[str, Any] = {
         "model": request.model,
         "max_tokens": request.max_tokens,
-        "messages": msgspec.to_builtins(request.messages),
-        "system": msgspec.to_builtins(request.system) if request.system else omit,
-        "tools": request.tools or omit,
-        "tool_choice": request.tool_choice or omit,
-        "stop_sequences": request.stop_sequences or omit,
-        "metadata": request.metadata or omit,
-        "thinking": request.thinking or omit,
-        "extra_body": extra_body or None,
+        "messages": request.messages,
+        "stream": True,
     }
+    optional = {
+        "system": request.system,
+        "tools": request.tools,
+        "tool_choice": request.tool_choice,
+        "stop_sequences": request.stop_sequences,
+        "metadata": request.metadata,
+        "thinking": request.thinking,
+    }
+    body.update((name, value) for name, value in optional.items() if value)
+    sampling = {"temperature": request.temperature, "top_p": request.top_p, "top_k": request.top_k}
+    body.update((name, value) for name, value in sampling.items() if value is not None)
+    return body
+
+
+def _status_error(response: httpx2.Response, raw: bytes) -> GatewayError:
+    """An error answer (``{"type": "error", "error": {type, message}}``, or anything else) as our GatewayError."""
+    try:
+        error = decode_wire_event(raw).error
+    except msgspec.DecodeError:
+        error = None
+    message = error.message if error else raw[:200].decode("utf-8", "replace") or response.reason_phrase
+    return error_from_upstream(
+        response.status_code, error.type if error else None, message, response.headers.get("retry-after")
+    )
 
 
 @contextlib.contextmanager

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import email.utils
+import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 import msgspec
@@ -99,3 +100,39 @@ def error_from_upstream(
             seconds = None
         seconds = seconds if seconds is not None else (1.0 if our_type == "upstream_rate_limited" else 5.0)
     return GatewayError(our_type, text, retry_after=seconds)
+
+
+MAX_RETRY_AFTER = 60.0
+
+
+def worth_retrying(status: int, headers: Mapping[str, str]) -> bool:
+    """The SDKs' rule: the upstream's ``x-should-retry`` if it says, else 408, 409, 429 and 5xx."""
+    should = headers.get("x-should-retry")
+    if should in ("true", "false"):
+        return should == "true"
+    return status in (408, 409, 429) or status >= 500
+
+
+def retry_delay(attempt: int, headers: Mapping[str, str]) -> float:
+    """Seconds before retry ``attempt`` (0-based): the upstream's ask up to a minute, else jittered backoff."""
+    try:
+        ms = headers.get("retry-after-ms")
+        seconds = float(ms) / 1000 if ms else parse_retry_after(headers.get("retry-after"))
+    except (TypeError, ValueError):
+        seconds = None
+    if seconds is not None and 0 <= seconds <= MAX_RETRY_AFTER:
+        return seconds
+    return min(0.5 * 2.0**attempt, 8.0) * (1 - 0.25 * random.random())
+
+
+MAX_ERROR_BODY = 64 * 1024
+
+
+async def read_capped(body: AsyncIterable[bytes]) -> bytes:
+    """An error answer's body, at most ``MAX_ERROR_BODY`` bytes of it."""
+    data = b""
+    async for chunk in body:
+        data += chunk
+        if len(data) >= MAX_ERROR_BODY:
+            break
+    return data[:MAX_ERROR_BODY]

@@ -10,8 +10,7 @@ The request is converted by pure functions (``openai_request``), the stream is m
 from __future__ import annotations
 
 import asyncio
-import random
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 
 import httpx
 import msgspec
@@ -19,7 +18,7 @@ import msgspec
 from ..errors import GatewayError
 from ..events import Event
 from .anthropic_wire import SSEDecoder
-from .base import GenerationRequest, parse_retry_after
+from .base import GenerationRequest, read_capped, retry_delay, worth_retrying
 from .openai_request import openai_body, openai_messages, openai_tool_choice, openai_tools
 from .openai_stream import ChunkMapper, error_in_body, upstream_error
 
@@ -35,24 +34,9 @@ __all__ = [
     "upstream_error",
 ]
 
-MAX_RETRY_AFTER = 60.0
-MAX_ERROR_BODY = 64 * 1024
-_RETRY_STATUSES = frozenset({408, 409, 429})
 _RETRY_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError)
 
 _encode = msgspec.json.Encoder().encode
-
-
-def retry_delay(attempt: int, headers: Mapping[str, str]) -> float:
-    """Seconds before retry ``attempt`` (0-based): the upstream's ask up to a minute, else jittered backoff."""
-    try:
-        ms = headers.get("retry-after-ms")
-        seconds = float(ms) / 1000 if ms else parse_retry_after(headers.get("retry-after"))
-    except (TypeError, ValueError):
-        seconds = None
-    if seconds is not None and 0 <= seconds <= MAX_RETRY_AFTER:
-        return seconds
-    return min(0.5 * 2.0**attempt, 8.0) * (1 - 0.25 * random.random())
 
 
 class OpenAICompatibleProvider:
@@ -89,7 +73,8 @@ class OpenAICompatibleProvider:
             try:
                 if response.headers.get("content-type", "").startswith("application/json"):
                     # Not a stream: an error (possibly Gemini's array) sent with a 200.
-                    raise upstream_error(error_in_body(await _read_capped(response)) or "not an event stream", 200)
+                    raw = await read_capped(response.aiter_bytes())
+                    raise upstream_error(error_in_body(raw) or "not an event stream", 200)
                 decoder = SSEDecoder()
                 try:
                     async for chunk in response.aiter_bytes():
@@ -125,22 +110,13 @@ class OpenAICompatibleProvider:
             if response.is_success:
                 return response
             try:
-                raw = await _read_capped(response)
+                raw = await read_capped(response.aiter_bytes())
             finally:
                 await response.aclose()
             status = response.status_code
-            if attempt < self._max_retries and (status in _RETRY_STATUSES or status >= 500):
+            if attempt < self._max_retries and worth_retrying(status, response.headers):
                 await asyncio.sleep(retry_delay(attempt, response.headers))
                 attempt += 1
                 continue
             error = error_in_body(raw) or raw[:200].decode("utf-8", "replace") or response.reason_phrase
             raise upstream_error(error, status, response.headers.get("retry-after"))
-
-
-async def _read_capped(response: httpx.Response) -> bytes:
-    data = b""
-    async for chunk in response.aiter_bytes():
-        data += chunk
-        if len(data) >= MAX_ERROR_BODY:
-            break
-    return data[:MAX_ERROR_BODY]

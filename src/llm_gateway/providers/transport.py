@@ -2,7 +2,8 @@
 
 Why: with the default transport (httpcore2, h11, anyio) the HTTP plumbing was ~40% of the gateway's CPU
 per streamed answer (py-spy, bench/streams.py). This one is an asyncio Protocol with httptools' C parser
-and a keep-alive pool. The SDK still builds, authenticates, retries and error-maps every request.
+and a keep-alive pool. Streams are sent on it directly (providers/anthropic.py); the SDK's other calls go
+through httpx2 on top of it.
 
 Deliberately left out: HTTP/2, proxies and Unix sockets (``ANTHROPIC_BASE_URL`` must be http or https).
 Errors are httpx2's own (ConnectError, ConnectTimeout, ReadTimeout, RemoteProtocolError), so the SDK's
