@@ -120,6 +120,8 @@ async def test_the_end_hook_runs_once_the_terminal_event_is_stored(runner: TaskR
 class LosingStore(MemoryStore):
     """Its next ``lose`` appends are written, but answered with StoreUnavailable, as if the reply was lost."""
 
+    in_process = False  # its appends can fail, as a remote store's do: the writer must go through its retries
+
     def __init__(self, lose: int) -> None:
         super().__init__()
         self.lose = lose

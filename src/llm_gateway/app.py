@@ -14,6 +14,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
+from starlette.types import Receive, Scope, Send
 
 from .ai_chats import AiChats
 from .answers import AnswerCache
@@ -27,6 +28,7 @@ from .logs import RequestIdMiddleware
 from .metrics import STORE_ERRORS, RequestMetrics
 from .providers.registry import Providers
 from .routes import ai_sdk, anthropic_api, chat, claude, generic, meta, openai_api, trellis as trellis_routes
+from .sse import RAW_SEND
 from .state import DRAIN, Gateway
 from .store import Store, open_store
 from .tasks import TaskRunner
@@ -144,6 +146,14 @@ async def open_gateway(
     return Gateway(settings, store, providers, runner, trellis, answers, conversations, limits, ai_chats)
 
 
+class GatewayApp(Starlette):
+    """Starlette that keeps the server's ``send`` in the scope, for event streams' bodies (sse.RAW_SEND)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope[RAW_SEND] = send
+        await super().__call__(scope, receive, send)
+
+
 def create_app(
     settings: Settings | None = None, *, store: Store | None = None, providers: Providers | None = None
 ) -> Starlette:
@@ -170,7 +180,7 @@ def create_app(
         Middleware(AnthropicErrors),
         Middleware(ClientKeyMiddleware, tenants=settings.client_tenants),
     ]
-    return Starlette(
+    return GatewayApp(
         routes=[
             *meta.routes,
             *claude.routes,

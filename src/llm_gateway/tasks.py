@@ -53,12 +53,12 @@ class LogWriter:
     """Appends a generation's events behind it, so reading upstream never waits on the store.
 
     Events that arrive while an append is in flight go out together in the next one: one round trip per batch,
-    not per delta. An append the store fails is tried again, the same events in the same order, until the store
-    has failed for ``grace`` seconds in a row (STORE_OUTAGE_GRACE): an outage within the grace loses nothing.
-    Each append carries its offset, so an attempt whose answer was lost but which the store did write is not
-    written twice. At ``limit`` pending events the generation waits (bounded memory). Once the writer gave up
-    (StoreUnavailable) or the task ended elsewhere (TaskEnded), nothing more is written (the log would have a
-    gap) and ``write`` raises at once.
+    not per delta; an in-process store takes each event inline, as it comes. An append the store fails is
+    tried again, the same events in the same order, until the store has failed for ``grace`` seconds in a row
+    (STORE_OUTAGE_GRACE): an outage within the grace loses nothing. Each append carries its offset, so an
+    attempt whose answer was lost but which the store did write is not written twice. At ``limit`` pending
+    events the generation waits (bounded memory). Once the writer gave up (StoreUnavailable) or the task ended
+    elsewhere (TaskEnded), nothing more is written (the log would have a gap) and ``write`` raises at once.
     """
 
     def __init__(self, store: EventLog, task_id: str, owner: str, *, grace: float = 30.0, limit: int = 1024) -> None:
@@ -76,6 +76,14 @@ class LogWriter:
     async def write(self, event: Event) -> None:
         if self._failure is not None:
             raise self._failure
+        if self.store.in_process:
+            try:
+                await self.store.append(self.task_id, (event,), owner=self.owner, offset=self._stored)
+            except Exception as exc:
+                self._failure = exc
+                raise
+            self._stored += 1
+            return
         self._pending.append(event)
         if self._flushing is None:
             self._flushing = asyncio.create_task(self._flush(), name=f"append-{self.task_id}")

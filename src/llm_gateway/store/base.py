@@ -100,6 +100,10 @@ def ending(event: Terminal) -> Ending:
 class EventLog(Protocol):
     """Tasks, their event logs, leases and cancellation requests, shared by every replica on the store."""
 
+    # True where an append never waits and never fails for the store's sake (the store is in this process):
+    # a writer then appends inline, as each event comes, rather than behind the generation.
+    in_process: bool
+
     async def connect(self) -> None:
         """Start what the store runs in the background (a live reader); ``close`` stops it, connected or not."""
 
@@ -206,6 +210,8 @@ class Store(EventLog, Values, Protocol):
 class LogRules(abc.ABC):
     """The public event log (``EventLog``) in terms of a backend's primitives, so that what every backend
     must do alike is written once; primitives answer None where a rule refused them."""
+
+    in_process: bool = False
 
     async def create_task(
         self, task_id: str, *, fingerprint: str, model: str, lease_seconds: float | None

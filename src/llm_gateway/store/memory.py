@@ -13,6 +13,7 @@ import asyncio
 import bisect
 import collections
 import ctypes
+import itertools
 import math
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
@@ -55,12 +56,26 @@ _info_decoder = msgspec.msgpack.Decoder(TaskInfo)
 
 
 class _Log:
-    __slots__ = ("appended", "cancel_requested", "changed", "data", "ends", "expires", "info", "lease_deadline", "ms")
+    __slots__ = (
+        "appended",
+        "cancel_requested",
+        "changed",
+        "data",
+        "ends",
+        "expires",
+        "info",
+        "lease_deadline",
+        "live",
+        "ms",
+    )
 
     def __init__(self, info: TaskInfo, lease: int) -> None:
         self.info: TaskInfo | bytes = info  # encoded once finished
-        # The events back to back: event i ends at ends[i], and was added at ms[i] (the whole of its id: see event_id).
-        self.data: bytearray | bytes = bytearray()
+        # While it runs, its events as they are, with their ids: followers read them as often as they wake.
+        self.live: list[tuple[str, Event]] | None = []
+        # Once finished, the events back to back: event i ends at ends[i], and was added at ms[i] (the whole of its
+        # id: see event_id).
+        self.data: bytes = b""
         self.ends = array.array("q")
         self.ms = array.array("q")
         self.changed: asyncio.Event | None = asyncio.Event()  # None once finished: nothing more will come
@@ -74,17 +89,23 @@ class _Log:
         if isinstance(self.info, TaskInfo):
             return self.info
         info = _info_decoder.decode(self.info)
-        terminal = self.events(len(self.ends) - 1)[0][1]
+        terminal = self.events(len(self) - 1)[0][1]
         assert isinstance(terminal, Complete | Error)
         _, info.result, info.error = terminal_outcome(terminal)
         return info
 
     def add(self, event: Event) -> str:
+        assert self.live is not None, "a finished log never changes"
         now = int(time.time() * 1000)
-        self.ms.append(max(now, self.ms[-1]) if self.ms else now)  # a clock that went back gives the last ms again
-        self.data += _encoder.encode(event)
-        self.ends.append(len(self.data))
-        return self.event_id(len(self.ms) - 1)
+        last = self.ms[-1] if self.ms else 0
+        self.ms.append(max(now, last))  # a clock that went back gives the last ms again
+        seq = 0 if now > last else int(self.live[-1][0].rpartition("-")[2]) + 1
+        event_id = f"{self.ms[-1]}-{seq}"
+        self.live.append((event_id, event))
+        return event_id
+
+    def __len__(self) -> int:
+        return len(self.ms)
 
     def event_id(self, i: int) -> str:
         """Redis' rule: ``<ms>-<seq>``, seq numbering the events of one ms from 0 (so it needs no storing)."""
@@ -99,6 +120,8 @@ class _Log:
         return first + min(seq + 1, bisect.bisect_right(self.ms, ms) - first)
 
     def events(self, start: int) -> EventBatch:
+        if self.live is not None:
+            return self.live[start:]
         batch: EventBatch = []
         begin = self.ends[start - 1] if start else 0
         with memoryview(self.data) as data:
@@ -122,8 +145,11 @@ class _Log:
         """The task finished: its log never changes again, so hold it in as few bytes as it takes."""
         info = self.task_info()
         self.info = _encoder.encode(msgspec.structs.replace(info, result=None, error=None))  # in its terminal event
-        self.data = bytes(self.data)
-        self.ends, self.ms = array.array("q", self.ends), array.array("q", self.ms)
+        assert self.live is not None
+        encoded = [_encoder.encode(event) for _, event in self.live]
+        self.data = b"".join(encoded)
+        ends = itertools.accumulate(map(len, encoded))
+        self.ends, self.ms, self.live = array.array("q", ends), array.array("q", self.ms), None
         self.expires = expires
         changed, self.changed = self.changed, None
         if changed is not None:
@@ -137,6 +163,8 @@ class _Log:
 
 
 class MemoryStore(LogRules):
+    in_process = True
+
     def __init__(self, *, stream_ttl: int = 3600, max_bytes: int = 256 * 1024 * 1024) -> None:
         self.stream_ttl = stream_ttl
         self.max_bytes = max_bytes
@@ -191,7 +219,7 @@ class MemoryStore(LogRules):
 
     async def _start(self, task_id: str, owner: str, lease: int, event: Event, at: str) -> str | None:
         log = self._running.get(task_id)
-        if log is not None and log.ends and log.task_info().status == "running" and log.task_info().owner == owner:
+        if log is not None and len(log) and log.task_info().status == "running" and log.task_info().owner == owner:
             return log.event_id(0)  # a start tried again: it happened
         if log is None or not may_start(info := log.task_info()):
             return None
@@ -209,7 +237,7 @@ class MemoryStore(LogRules):
         if offset is not None:
             done = min(max(log.appended - offset, 0), len(events))
             log.appended = max(log.appended, offset + len(events))
-        count = len(log.ends)
+        count = len(log)
         ids = [log.event_id(i) for i in range(count - done, count)]
         ids += [log.add(event) for event in events[done:]]
         log.notify()
@@ -256,7 +284,7 @@ class MemoryStore(LogRules):
         position = log.position(after)
         while True:
             changed = log.changed
-            if position < len(log.ends):
+            if position < len(log):
                 batch = log.events(position)
                 position += len(batch)
                 yield batch
