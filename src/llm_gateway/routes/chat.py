@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from ..bodies import MessagesRequest, QuestionRequest, RunAgentInput, from_client_messages, from_text
 from ..errors import InvalidRequest, NotFound
-from ..http import decode_json, read_body, validate
+from ..http import LeanRoute, decode_json, read_body, validate
 from ..openapi import doc
 from ..sse import check_resume, checked_event_id, resume_point, task_stream
 from ..state import Gateway, gateway
@@ -87,4 +86,4 @@ async def join_run(request: Request) -> Response:
     return task_stream(request, gw, info.task_id, "agui", after=after, thread_id=thread_id)
 
 
-routes = [Route("/chat", chat, methods=["POST"]), Route("/chat", join_run, methods=["GET"])]
+routes = [LeanRoute("/chat", chat, methods=["POST"]), LeanRoute("/chat", join_run, methods=["GET"])]

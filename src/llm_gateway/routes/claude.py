@@ -7,7 +7,7 @@ import contextlib
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..aio import first_of, until_disconnect
@@ -15,7 +15,7 @@ from ..bodies import PromptRequest, from_prompt
 from ..dialects import render_ws
 from ..errors import GatewayError, NotFound
 from ..events import TaskError, TaskInfo, TaskResult, TokenUsage
-from ..http import JSONResponse, read_json
+from ..http import JSONResponse, LeanRoute, read_json
 from ..openapi import doc
 from ..sse import check_resume, checked_event_id, event_stream, frames, pick_dialect, resume_point
 from ..state import gateway
@@ -150,11 +150,11 @@ async def replay_ws(websocket: WebSocket) -> None:
 
 
 routes = [
-    Route("/api/claude/prompt", prompt, methods=["POST"]),
-    Route("/api/claude/prompt/async", prompt_async, methods=["POST"]),
-    Route("/api/claude/queue", prompt_async, methods=["POST"]),
-    Route("/api/claude/task/{task_id}", task_status, methods=["GET"]),
-    Route("/api/claude/task/{task_id}", cancel_task, methods=["DELETE"]),
-    Route("/api/claude/subscribe/{task_id}", subscribe, methods=["GET"]),
+    LeanRoute("/api/claude/prompt", prompt, methods=["POST"]),
+    LeanRoute("/api/claude/prompt/async", prompt_async, methods=["POST"]),
+    LeanRoute("/api/claude/queue", prompt_async, methods=["POST"]),
+    LeanRoute("/api/claude/task/{task_id}", task_status, methods=["GET"]),
+    LeanRoute("/api/claude/task/{task_id}", cancel_task, methods=["DELETE"]),
+    LeanRoute("/api/claude/subscribe/{task_id}", subscribe, methods=["GET"]),
     WebSocketRoute("/api/claude/ws/{task_id}", replay_ws),
 ]

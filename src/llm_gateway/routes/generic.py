@@ -9,13 +9,13 @@ from typing import Any
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..bodies import ChatRequest, GenerateRequest, QueryRequest, WsGenerateRequest, from_text
 from ..errors import GatewayError, utc_now_iso
 from ..events import Complete
-from ..http import JSONResponse, decode_json, read_body, read_json, validate
+from ..http import JSONResponse, LeanRoute, decode_json, read_body, read_json, validate
 from ..openapi import doc
 from ..sse import task_stream
 from ..state import Gateway, gateway
@@ -133,9 +133,9 @@ async def _answer_ws(gw: Gateway, websocket: WebSocket, raw: str) -> None:
 
 
 routes = [
-    Route("/api/generate", generate, methods=["POST"]),
-    Route("/api/chat", chat, methods=["POST"]),
-    Route("/api/stream", stream, methods=["POST"]),
-    Route("/llm/query", llm_query, methods=["POST"]),
+    LeanRoute("/api/generate", generate, methods=["POST"]),
+    LeanRoute("/api/chat", chat, methods=["POST"]),
+    LeanRoute("/api/stream", stream, methods=["POST"]),
+    LeanRoute("/llm/query", llm_query, methods=["POST"]),
     WebSocketRoute("/ws/generate", generate_ws),
 ]

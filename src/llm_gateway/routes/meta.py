@@ -5,11 +5,11 @@ from __future__ import annotations
 import msgspec
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
 from .. import __version__, openapi
 from ..errors import utc_now_iso
-from ..http import JSONResponse
+from ..http import JSONResponse, LeanRoute
 from ..metrics import metrics_endpoint
 from ..openapi import doc
 from ..redact import mask_url
@@ -135,11 +135,11 @@ async def redoc(request: Request) -> Response:
 
 
 routes = [
-    Route("/", index, methods=["GET"]),
-    Route("/health", health, methods=["GET"]),
-    Route("/auth-status", auth_status, methods=["GET"]),
-    Route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False),
-    Route("/openapi.json", openapi_json, methods=["GET"], include_in_schema=False),
-    Route("/docs", swagger_ui, methods=["GET"], include_in_schema=False),
-    Route("/redoc", redoc, methods=["GET"], include_in_schema=False),
+    LeanRoute("/", index, methods=["GET"]),
+    LeanRoute("/health", health, methods=["GET"]),
+    LeanRoute("/auth-status", auth_status, methods=["GET"]),
+    LeanRoute("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False),
+    LeanRoute("/openapi.json", openapi_json, methods=["GET"], include_in_schema=False),
+    LeanRoute("/docs", swagger_ui, methods=["GET"], include_in_schema=False),
+    LeanRoute("/redoc", redoc, methods=["GET"], include_in_schema=False),
 ]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from ..bodies_openai import ChatCompletionRequest, from_chat_completion
 from ..catalog import OpenAIModel, OpenAIModelList, anthropic_models, openai_models, served_models
@@ -18,7 +17,7 @@ from ..dialects_openai import ChatCompletion, OpenAIDialect, chat_completion
 from ..errors import GatewayError, NotFound
 from ..errors_wire import OpenAIErrorBody, header, openai_error_response
 from ..events import Complete, Error, Text, ToolCall
-from ..http import JSONResponse, read_json
+from ..http import JSONResponse, LeanRoute, read_json
 from ..openapi import doc
 from ..sse import event_stream, frames
 from ..state import Gateway, gateway
@@ -87,7 +86,7 @@ async def get_model(request: Request) -> Response:
 
 
 routes = [
-    Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-    Route("/v1/models", list_models, methods=["GET"]),
-    Route("/v1/models/{model:path}", get_model, methods=["GET"]),
+    LeanRoute("/v1/chat/completions", chat_completions, methods=["POST"]),
+    LeanRoute("/v1/models", list_models, methods=["GET"]),
+    LeanRoute("/v1/models/{model:path}", get_model, methods=["GET"]),
 ]

@@ -10,12 +10,12 @@ import msgspec
 from msgspec import Meta
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..aio import first_of, until_disconnect
 from ..errors import ErrorBody, GatewayError, InvalidRequest, NotFound
-from ..http import JSONResponse, decode_json, read_body, read_json, validate
+from ..http import JSONResponse, LeanRoute, decode_json, read_body, read_json, validate
 from ..openapi import doc
 from ..sse import check_resume, event_stream, frames, pick_dialect, resume_point
 from ..state import Gateway, gateway
@@ -177,9 +177,9 @@ async def webhook(request: Request) -> Response:
 
 
 routes = [
-    Route("/api/trellis/task", create_task, methods=["POST"]),
-    Route("/api/trellis/task/{task_id}", task_status, methods=["GET"]),
-    Route("/api/trellis/task/{task_id}/events", task_events, methods=["GET"]),
+    LeanRoute("/api/trellis/task", create_task, methods=["POST"]),
+    LeanRoute("/api/trellis/task/{task_id}", task_status, methods=["GET"]),
+    LeanRoute("/api/trellis/task/{task_id}/events", task_events, methods=["GET"]),
     WebSocketRoute("/api/trellis/task/ws/{task_id}", task_ws),
-    Route("/api/trellis/webhook", webhook, methods=["POST"]),
+    LeanRoute("/api/trellis/webhook", webhook, methods=["POST"]),
 ]
