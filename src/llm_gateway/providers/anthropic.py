@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from typing import Any, cast
 
 import anthropic
@@ -80,7 +80,8 @@ class AnthropicProvider:
             response = await self._send(body)
             try:
                 decoder = SSEDecoder()
-                async for chunk in response.aiter_bytes():
+                # The transport's own body, past httpx2's decoders: the request asked for no content encoding.
+                async for chunk in cast(AsyncIterable[bytes], response.stream):
                     for event in mapper.feed_payloads(decoder.feed(chunk)):
                         yield event
                 for event in mapper.feed_payloads(decoder.finish()):

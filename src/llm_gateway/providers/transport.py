@@ -92,13 +92,18 @@ class _Connection(asyncio.Protocol):
         return data
 
     async def wait(self, timeout: float | None) -> None:
-        """Until more bytes or the end arrive; TimeoutError after ``timeout`` seconds."""
-        self._waiter = asyncio.get_running_loop().create_future()
+        """Until more bytes or the end arrive; TimeoutError after ``timeout`` seconds.
+
+        A timer on the waiter itself, not ``asyncio.timeout``: this runs once per chunk of every stream."""
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = None if timeout is None else loop.call_later(timeout, _expire, waiter)
         try:
-            async with asyncio.timeout(timeout):
-                await self._waiter
+            await waiter
         finally:
             self._waiter = None
+            if timer is not None:
+                timer.cancel()
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
@@ -112,6 +117,11 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         if self.transport is not None:
             self.transport.close()
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
 
 
 class LeanTransport(httpx2.AsyncBaseTransport):

@@ -67,6 +67,7 @@ class _Log:
         "lease_deadline",
         "live",
         "ms",
+        "seq",
     )
 
     def __init__(self, info: TaskInfo, lease: int) -> None:
@@ -78,6 +79,7 @@ class _Log:
         self.data: bytes = b""
         self.ends = array.array("q")
         self.ms = array.array("q")
+        self.seq = 0  # of the last event, among those of its ms
         self.changed: asyncio.Event | None = asyncio.Event()  # None once finished: nothing more will come
         self.lease_deadline = _deadline(lease)
         self.cancel_requested = False
@@ -99,8 +101,8 @@ class _Log:
         now = int(time.time() * 1000)
         last = self.ms[-1] if self.ms else 0
         self.ms.append(max(now, last))  # a clock that went back gives the last ms again
-        seq = 0 if now > last else int(self.live[-1][0].rpartition("-")[2]) + 1
-        event_id = f"{self.ms[-1]}-{seq}"
+        self.seq = 0 if now > last else self.seq + 1
+        event_id = f"{self.ms[-1]}-{self.seq}"
         self.live.append((event_id, event))
         return event_id
 
