@@ -54,5 +54,4 @@ def test_the_redis_layout() -> None:
 def test_the_keys_of_one_task_share_its_hash_slot(task_id: str) -> None:
     layout = keys.RedisKeys("llmgw:")
     assert key_slot(layout.task(task_id).encode()) == key_slot(layout.events(task_id).encode())
-    assert key_slot(layout.task(task_id).encode()) == key_slot(layout.live(task_id).encode()), "and its channel"
     assert key_slot(layout.task(task_id).encode()) == key_slot(task_id.encode()), "the task id is the hash tag"

@@ -84,7 +84,7 @@ WAKE = "wake:"  # a replica's wake-up stream
 VALUE = "kv:"  # the app's small values, as above
 LEASES = "leases:"  # the lease indexes: zsets of task id -> lease deadline, one per shard (``{<shard>}``)
 CANCEL = "cancel"  # the channel of cancel requests (channels have a namespace of their own)
-LIVE = "live"  # a task's channel of new events on a Redis Cluster (sharded pub/sub), tagged as its keys
+# On a Redis Cluster a task's new events are also published on a sharded channel named as its events stream.
 
 REDIS_NAMESPACES = (TASK_TAG, WAKE, VALUE, LEASES)
 REDIS_CONSTANTS: tuple[str, ...] = ()
@@ -98,7 +98,6 @@ class RedisKeys:
         self.wake = Namespace(prefix + WAKE)
         self.value = Namespace(prefix + VALUE)
         self.cancel = prefix + CANCEL
-        self.live = TaskKey(prefix, LIVE)
 
     def leases(self, shard: int) -> str:
         return f"{self.prefix}{LEASES}{{{shard}}}"

@@ -36,6 +36,7 @@ ACTIVE_TTL = 24 * 3600  # a running task's keys outlive any generation; finished
 POOL_SIZE = 32  # connections for commands, per replica; live reads use one more, of their own
 HEALTH_CHECK_SECONDS = 15  # a pooled connection idle this long is pinged before it is used again
 RETRY_SECONDS = 0.5  # a follower whose reads fail tries again this often (or when the store answers again)
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
 
 T = TypeVar("T")
 
@@ -89,7 +90,14 @@ class RedisStore(LogRules):
         stream_ttl: int = 3600,
         outage_grace: float = 30.0,
         max_connections: int = POOL_SIZE,
+        cluster: bool = False,
     ) -> RedisStore:
+        if cluster or url.startswith(CLUSTER_SCHEMES):
+            from .redis_cluster import RedisClusterStore
+
+            return RedisClusterStore.from_url(
+                url, prefix=prefix, stream_ttl=stream_ttl, outage_grace=outage_grace, max_connections=max_connections
+            )
         # No socket_timeout: on Python 3.11 redis-py sends every command through wait_for, a Task per command.
         # Every command is bounded by asyncio.timeout instead (``command``: COMMAND_TIMEOUT, or the caller's).
         # A bounded pool: a burst of commands waits for a connection instead of opening one each.
@@ -166,7 +174,7 @@ class RedisStore(LogRules):
         return [event_id for event_id, _ in batch]
 
     async def _finish(self, task_id: str, end: Ending, *, only_if_lapsed: bool) -> bool:
-        return _ended(await self._end(task_id, end, only_if_lapsed, self._due.pop(task_id, self._index)))
+        return wrote_end(await self._end(task_id, end, only_if_lapsed, self._due.pop(task_id, self._index)))
 
     async def _end(self, task_id: str, end: Ending, only_if_lapsed: bool, index: str) -> Any:
         """The FINISH script's answer: the terminal event's id; a lease's deadline (the reaper's call, while the
@@ -184,7 +192,7 @@ class RedisStore(LogRules):
             self._channel(task_id),
         ]
         reply = await self._call(self._lua.finish(keys=keys, args=args))
-        if _ended(reply):
+        if wrote_end(reply):
             self._fanout.deliver(keys[1], [(text(reply), end.event)])
         return reply
 
@@ -382,7 +390,7 @@ class RedisStore(LogRules):
         await self._redis.aclose()
 
 
-def _ended(reply: Any) -> bool:
+def wrote_end(reply: Any) -> bool:
     """FINISH wrote the terminal event (its answer is the event's id)."""
     return isinstance(reply, bytes | str)
 
