@@ -17,6 +17,7 @@ from llm_gateway.app import create_app
 from llm_gateway.events import Complete, Event, Start, Text, TokenUsage
 from llm_gateway.store.redis import RedisStore
 from llm_gateway.store.redis_cluster import RedisClusterStore, node_url
+from llm_gateway.store.redis_sharded import ShardedFanout
 from tests.conftest import Emulator, gateway_settings
 from tests.servers import serve
 from tests.sse_client import read_all
@@ -88,6 +89,9 @@ async def test_tasks_spread_over_every_node_and_one_connection_per_node_reads_th
             await writer.append(task_id, [Text(0, task_id)], owner="w")
             await writer.finish(task_id, DONE)
         results = await asyncio.gather(*few, *many)
+        fanout = reader._fanout
+        assert isinstance(fanout, ShardedFanout) and len(fanout._readers) == 3 and not fanout._joined
+        assert all(not r.channels() and not r._waiters for r in fanout._readers.values()), "all left"
     expected = {task_id: [Start(task_id, "m"), Text(0, task_id), DONE] for task_id in task_ids}
     assert results == [expected[t] for t in task_ids[:3]] + [expected[t] for t in task_ids for _ in range(3)]
     for node, clients in with_many.items():

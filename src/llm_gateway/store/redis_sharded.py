@@ -272,5 +272,7 @@ class NodeReader:
         elif kind == "sunsubscribe":
             if self._unsubscribing[channel] > 0:
                 self._unsubscribing[channel] -= 1
+                if not self._unsubscribing[channel]:
+                    del self._unsubscribing[channel]  # one entry per channel ever left would add up
             elif channel in self._keys:  # the node dropped it: its slot moved
                 raise ConnectionError(f"{self.name} no longer serves {text(channel)}")
