@@ -28,6 +28,7 @@ import httpx
 import redis
 
 from bench.procs import (
+    REST_CPUS,
     SERVER_CPU,
     cpu_seconds,
     free_port,
@@ -54,7 +55,7 @@ class Target:
     pid: int
     one: Callable[[httpx.AsyncClient, str, int], Awaitable[float]]
     redis_pids: list[int] = field(default_factory=list)
-    redis_url: str | None = None
+    redis_nodes: list[str] = field(default_factory=list)  # each node's own redis:// URL
     gateway: bool = False
     cpu: list[float] = field(default_factory=list)  # ms per stream at --concurrency, one per run
     cpu_alone: list[float] = field(default_factory=list)  # ms per stream, one at a time
@@ -154,8 +155,7 @@ async def measure(target: Target, streams: int, concurrency: int, deltas: int) -
 
 async def memory_per_log(target: Target, logs: int, deltas: int) -> None:
     """RSS (embedded) or Redis' used_memory (Redis) grown per finished answer, over ``logs`` more of them."""
-    info = redis.Redis.from_url(target.redis_url) if target.redis_url and "+cluster" not in target.redis_url else None
-    before = rss_bytes(target.pid), info.info("memory")["used_memory"] if info else 0
+    before = rss_bytes(target.pid), redis_memory(target.redis_nodes)
     limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
     async with httpx.AsyncClient(limits=limits, timeout=120) as client:
         semaphore = asyncio.Semaphore(50)
@@ -168,9 +168,16 @@ async def memory_per_log(target: Target, logs: int, deltas: int) -> None:
     await asyncio.sleep(1)
     rss = (rss_bytes(target.pid) - before[0]) / logs / 1024
     target.per_log = f"RSS {rss:.1f} KiB"
-    if info:
-        target.per_log += f", Redis {(info.info('memory')['used_memory'] - before[1]) / logs / 1024:.1f} KiB"
-        info.close()
+    if target.redis_nodes:
+        target.per_log += f", Redis {(redis_memory(target.redis_nodes) - before[1]) / logs / 1024:.1f} KiB"
+
+
+def redis_memory(nodes: list[str]) -> int:
+    total = 0
+    for node in nodes:
+        with redis.Redis.from_url(node) as client:
+            total += int(client.info("memory")["used_memory"])
+    return total
 
 
 async def open_subscriber(port: int, path: str) -> asyncio.StreamWriter:
@@ -187,10 +194,13 @@ async def open_subscriber(port: int, path: str) -> asyncio.StreamWriter:
     return writer
 
 
-def gateway_connections(redis_url: str) -> int:
-    """Redis connections other than this one (the bench's gateway is Redis' only other client)."""
-    with redis.Redis.from_url(redis_url) as client:
-        return len(client.client_list()) - 1
+def gateway_connections(nodes: list[str]) -> int:
+    """Connections to the Redis nodes other than this one's (the bench's gateway is Redis' only other client)."""
+    total = 0
+    for node in nodes:
+        with redis.Redis.from_url(node) as client:
+            total += len(client.client_list()) - 1
+    return total
 
 
 async def memory_per_subscriber(target: Target, subscribers: int) -> None:
@@ -200,8 +210,7 @@ async def memory_per_subscriber(target: Target, subscribers: int) -> None:
         long = "subscribers [emu:deltas=2000] [emu:delay_ms=100]"
         task_id = (await client.post("/api/claude/prompt/async", json={"prompt": long})).json()["task_id"]
         first = await open_subscriber(port, f"/api/claude/subscribe/{task_id}")  # the task streams
-        plain = target.redis_url and "+cluster" not in target.redis_url
-        idle_connections = gateway_connections(target.redis_url) if plain and target.redis_url else None
+        idle_connections = gateway_connections(target.redis_nodes) if target.redis_nodes else None
         await asyncio.sleep(1)
         before = rss_bytes(target.pid)
         writers: list[asyncio.StreamWriter] = []
@@ -211,8 +220,8 @@ async def memory_per_subscriber(target: Target, subscribers: int) -> None:
             writers += await asyncio.gather(*opened)
         await asyncio.sleep(1)
         target.per_subscriber = f"{(rss_bytes(target.pid) - before) / subscribers / 1024:.1f} KiB"
-        if idle_connections is not None and target.redis_url:
-            busy = gateway_connections(target.redis_url)
+        if idle_connections is not None:
+            busy = gateway_connections(target.redis_nodes)
             target.connections = f"{idle_connections} → {busy} with {subscribers + 1} subscribers"
         for writer in [first, *writers]:
             writer.close()
@@ -239,6 +248,25 @@ def start_redis(workdir: str) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     command = [redis_server_binary(), "--port", str(port), "--save", "", "--appendonly", "no"]
     return spawn(command, cwd=workdir), f"redis://127.0.0.1:{port}/0"
+
+
+def start_redis_cluster() -> tuple[str, list[subprocess.Popen[bytes]], list[str]]:
+    """Three Redis Cluster primaries on loopback, started as the tests start theirs; its URL and processes."""
+    from tests.redis_cluster import LocalCluster, cannot_run, redis_server
+
+    server = redis_server()
+    reason = cannot_run(server)
+    if server is None or reason:
+        raise SystemExit(f"--redis-cluster: {reason}")
+    cluster = LocalCluster(server)
+    try:
+        cluster.start()
+    except BaseException:
+        cluster.stop()
+        raise
+    for process in cluster.processes:
+        os.sched_setaffinity(process.pid, REST_CPUS)
+    return cluster.url, cluster.processes, [f"redis://127.0.0.1:{port}/0" for port in cluster.ports]
 
 
 def start_gateway(env: dict[str, str], emulator_url: str, redis_url: str | None) -> tuple[subprocess.Popen[bytes], str]:
@@ -304,6 +332,7 @@ def main() -> None:
     parser.add_argument("--logs", type=int, default=2000, help="answers for the RSS per finished log")
     parser.add_argument("--subscribers", type=int, default=1000, help="live SSE subscribers of one task")
     parser.add_argument("--redis", action="store_true", help="also the gateway on a real redis-server")
+    parser.add_argument("--redis-cluster", action="store_true", help="also the gateway on a 3-node Redis Cluster")
     parser.add_argument("--litellm", metavar="PATH", help="a litellm executable (pip install 'litellm[proxy]')")
     parser.add_argument("--path", choices=sorted(GATEWAY_PATHS), default="query")
     args = parser.parse_args()
@@ -324,16 +353,21 @@ def main() -> None:
         wait_for(emulator_url)
         direct = Target("Claude alone (emulated)", emulator_url, emulator.pid, messages_client("/v1/messages", {}))
         targets: list[Target] = []
-        stores: list[tuple[str, str | None, list[int]]] = [("embedded", None, [])]
+        stores: list[tuple[str, str | None, list[int], list[str]]] = [("embedded", None, [], [])]
         if args.redis:
             redis_process, redis_url = start_redis(workdir)
             processes.append(redis_process)
-            stores.append(("Redis", redis_url, [redis_process.pid]))
-        for store_name, store_url, redis_pids in stores:
+            stores.append(("Redis", redis_url, [redis_process.pid], [redis_url]))
+        if args.redis_cluster:
+            cluster_url, cluster_processes, nodes = start_redis_cluster()
+            processes.extend(cluster_processes)
+            pids = [process.pid for process in cluster_processes]
+            stores.append(("Redis Cluster (3 nodes)", cluster_url, pids, nodes))
+        for store_name, store_url, redis_pids, nodes in stores:
             gateway, url = start_gateway(env, emulator_url, store_url)
             processes.append(gateway)
             one = GATEWAY_PATHS[args.path]
-            targets.append(Target(f"llm_gateway, {store_name}", url, gateway.pid, one, redis_pids, store_url, True))
+            targets.append(Target(f"llm_gateway, {store_name}", url, gateway.pid, one, redis_pids, nodes, True))
         if args.litellm:
             litellm, url = start_litellm(args.litellm, emulator_url, workdir)
             processes.append(litellm)

@@ -14,6 +14,8 @@ from typing import Any
 import msgspec
 import pytest
 import redis
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from llm_gateway.app import create_app
 from llm_gateway.config import Settings
@@ -21,6 +23,8 @@ from llm_gateway.emulator import EmulatorStats, create_emulator_app
 from llm_gateway.store import Store
 from llm_gateway.store.memory import MemoryStore
 from llm_gateway.store.redis import RedisStore
+from llm_gateway.store.redis_cluster import node_url
+from tests import redis_cluster
 from tests.servers import free_port, serve
 
 EMULATOR_KEY = "sk-ant-test-0123456789abcdefghijklmnop"
@@ -68,13 +72,38 @@ def redis_url() -> Iterator[str]:
     shutil.rmtree(workdir, ignore_errors=True)
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(scope="session")
+def redis_cluster_url() -> Iterator[str]:
+    """A real Redis Cluster for the whole session (tests/redis_cluster.py): three primaries on loopback.
+    Skipped, with the reason, where no redis-server that runs one is installed."""
+    server = redis_cluster.redis_server()
+    reason = redis_cluster.cannot_run(server)
+    if reason is not None or server is None:
+        pytest.skip(f"no Redis Cluster: {reason}")
+    with redis_cluster.LocalCluster(server) as cluster:
+        yield cluster.url
+
+
+@pytest.fixture(params=["redis", "cluster"])
+def engine_url(request: pytest.FixtureRequest) -> str:
+    """Each Redis engine: one Redis (``redis_url``), and a Redis Cluster (``redis_cluster_url``)."""
+    return str(request.getfixturevalue("redis_url" if request.param == "redis" else "redis_cluster_url"))
+
+
+def admin_client(url: str) -> aioredis.Redis | RedisCluster:
+    """A plain client of the engine at ``url``, to look at or change what a store wrote."""
+    if url.startswith("redis+cluster://"):
+        return RedisCluster.from_url(node_url(url))
+    return aioredis.Redis.from_url(url)
+
+
+@pytest.fixture(params=["memory", "redis", "cluster"])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
     """Each store backend, fresh (Redis: a key prefix of its own)."""
     if request.param == "memory":
         yield MemoryStore(stream_ttl=60)
         return
-    url = request.getfixturevalue("redis_url")
+    url = request.getfixturevalue("redis_url" if request.param == "redis" else "redis_cluster_url")
     opened = RedisStore.from_url(url, prefix=f"test:{uuid.uuid4().hex[:8]}:", stream_ttl=60)
     try:
         await opened.connect()
@@ -140,6 +169,10 @@ REPLICA_LEASE_SECONDS = 1.0
 @pytest.fixture
 def replica_env(redis_url: str, emulator: Emulator) -> dict[str, str]:
     """The environment of a replica process: a Redis of its own prefix, the emulator as every upstream."""
+    return replica_environment(redis_url, emulator)
+
+
+def replica_environment(redis_url: str, emulator: Emulator) -> dict[str, str]:
     return subprocess_env(
         REDIS_URL=redis_url,
         REDIS_KEY_PREFIX=f"rep:{uuid.uuid4().hex[:8]}:",

@@ -46,6 +46,8 @@ def test_environment_wins_over_env_file(tmp_path: Path) -> None:
         ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
         ({"WORKERS": "4"}, "REDIS_URL"),
         ({"REDIS_URL": "localhost:6379"}, "REDIS_URL"),
+        ({"REDIS_CLUSTER": "1"}, "REDIS_CLUSTER"),
+        ({"REDIS_CLUSTER": "1", "REDIS_URL": "unix:///tmp/redis.sock"}, "REDIS_CLUSTER"),
     ],
 )
 def test_bad_values_are_named(environ: dict[str, str], named: str) -> None:
@@ -55,6 +57,11 @@ def test_bad_values_are_named(environ: dict[str, str], named: str) -> None:
 
 def test_several_workers_with_redis_are_fine() -> None:
     assert from_env({"WORKERS": "4", "REDIS_URL": "redis://r:6379/0"}, env_file=None).workers == 4
+
+
+def test_a_redis_cluster_by_url_or_flag() -> None:
+    assert from_env({"REDIS_URL": "redis+cluster://r:7000"}, env_file=None).redis_url == "redis+cluster://r:7000"
+    assert from_env({"REDIS_URL": "redis://r:7000", "REDIS_CLUSTER": "1"}, env_file=None).redis_cluster
 
 
 def test_parse_env_file_keeps_hashes_inside_quotes() -> None:

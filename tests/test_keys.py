@@ -43,10 +43,10 @@ def test_the_redis_layout() -> None:
     layout = keys.RedisKeys("llmgw:")
     assert layout.task("t") == "llmgw:{t}:task" and layout.events("t") == "llmgw:{t}:events"
     assert layout.value(keys.conversation("c")) == "llmgw:kv:conversation:c"
-    assert layout.running == "llmgw:running" and layout.cancel == "llmgw:cancel"
+    assert layout.leases(3) == "llmgw:leases:{3}" and layout.cancel == "llmgw:cancel"
     assert layout.wake("r1") == "llmgw:wake:r1"
     redis_keys: list[Callable[[str], str]] = [layout.task, layout.events, layout.wake, layout.value]
-    built = [build(id_) for build in redis_keys for id_ in IDS] + [layout.running]
+    built = [build(id_) for build in redis_keys for id_ in IDS] + [layout.leases(shard) for shard in range(16)]
     assert len(set(built)) == len(built)
 
 

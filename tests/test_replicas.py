@@ -1,4 +1,4 @@
-"""Several replicas on one Redis: separate server processes, as behind a load balancer."""
+"""Several replicas on one Redis, and on a Redis Cluster: separate server processes, as behind a load balancer."""
 
 from __future__ import annotations
 
@@ -15,11 +15,17 @@ from llm_gateway.emulator import emulated_text
 from llm_gateway.events import Error
 from llm_gateway.store import parse_event_id
 from llm_gateway.store.redis import RedisStore
-from tests.conftest import REPLICA_LEASE_SECONDS, Emulator, gateway_settings
+from tests.conftest import REPLICA_LEASE_SECONDS, Emulator, gateway_settings, replica_environment
 from tests.servers import replica_process, serve
 from tests.sse_client import Frame, frames, read_all
 
 LEASE = REPLICA_LEASE_SECONDS
+
+
+@pytest.fixture
+def engine_env(engine_url: str, emulator: Emulator) -> dict[str, str]:
+    """Replica processes on each engine: one Redis, and a Redis Cluster."""
+    return replica_environment(engine_url, emulator)
 
 
 def chunk_text(got: list[Frame]) -> str:
@@ -31,9 +37,9 @@ def assert_ids_strictly_increase(ids: list[str | None]) -> None:
     assert None not in ids and keys == sorted(set(keys))
 
 
-async def test_a_task_started_on_a_is_followed_and_resumed_on_b(replica_env: dict[str, str]) -> None:
+async def test_a_task_started_on_a_is_followed_and_resumed_on_b(engine_env: dict[str, str]) -> None:
     prompt = "two replicas [emu:deltas=60] [emu:delay_ms=10]"
-    async with replica_process(replica_env) as (a, _), replica_process(replica_env) as (b, _):
+    async with replica_process(engine_env) as (a, _), replica_process(engine_env) as (b, _):
         async with httpx.AsyncClient(timeout=30) as client:
             accepted = await client.post(f"{a}/api/claude/prompt/async", json={"prompt": prompt})
             task_id = accepted.json()["task_id"]

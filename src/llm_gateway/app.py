@@ -90,6 +90,7 @@ async def open_gateway(
             stream_ttl=settings.stream_ttl_seconds,
             outage_grace=settings.store_outage_grace,
             max_bytes=settings.store_max_bytes,
+            cluster=settings.redis_cluster,
         )
         stack.push_async_callback(store.close)
         await store.connect()

@@ -36,6 +36,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     google_api_key: str | None = None
     google_base_url: str = "https://generativelanguage.googleapis.com/v1beta/openai/"
     redis_url: str | None = None
+    redis_cluster: bool = False
     redis_key_prefix: str = "llmgw:"
     workers: PositiveInt = 1
     stream_ttl_seconds: PositiveInt = 3600
@@ -77,8 +78,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
                 f"WORKERS={self.workers} needs REDIS_URL: the embedded store lives in one process, "
                 "so several workers would not see each other's tasks"
             )
-        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            problems.append("REDIS_URL must start with redis://, rediss:// or unix://")
+        schemes = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
+        if self.redis_url and not self.redis_url.startswith(schemes):
+            problems.append(
+                "REDIS_URL must start with redis://, rediss://, unix://, redis+cluster:// or rediss+cluster://"
+            )
+        if self.redis_cluster and not (self.redis_url or "").startswith(schemes[:2] + schemes[3:]):
+            problems.append("REDIS_CLUSTER=1 needs a REDIS_URL of redis:// or rediss:// (a node of the cluster)")
         try:
             parse_keys(self.gateway_api_keys or "")
         except ValueError as exc:

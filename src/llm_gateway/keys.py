@@ -8,7 +8,7 @@ Three families: task ids, the app's small values (``Values``), and the Redis sto
 prefix, which keeps those values under ``kv:``. There, a task's own keys are ``{<task id>}:<kind>``, in the
 namespace ``{``: the braces make the task id the key's hash tag, so a Redis Cluster keeps every key of one task in
 one slot (no task id has braces), and two such keys are equal only if their ids and kinds are (``}:task`` and
-``}:events`` end differently).
+``}:events`` end differently). The lease indexes are ``leases:{<shard>}``, each its own hash tag too.
 """
 
 from __future__ import annotations
@@ -82,11 +82,12 @@ TASK = "task"  # a task's hash
 EVENTS = "events"  # its event log, a stream
 WAKE = "wake:"  # a replica's wake-up stream
 VALUE = "kv:"  # the app's small values, as above
-RUNNING = "running"  # the lease zset: task id -> deadline
+LEASES = "leases:"  # the lease indexes: zsets of task id -> lease deadline, one per shard (``{<shard>}``)
 CANCEL = "cancel"  # the channel of cancel requests (channels have a namespace of their own)
+# On a Redis Cluster a task's new events are also published on a sharded channel named as its events stream.
 
-REDIS_NAMESPACES = (TASK_TAG, WAKE, VALUE)
-REDIS_CONSTANTS = (RUNNING,)
+REDIS_NAMESPACES = (TASK_TAG, WAKE, VALUE, LEASES)
+REDIS_CONSTANTS: tuple[str, ...] = ()
 
 
 class RedisKeys:
@@ -96,5 +97,7 @@ class RedisKeys:
         self.events = TaskKey(prefix, EVENTS)
         self.wake = Namespace(prefix + WAKE)
         self.value = Namespace(prefix + VALUE)
-        self.running = prefix + RUNNING
         self.cancel = prefix + CANCEL
+
+    def leases(self, shard: int) -> str:
+        return f"{self.prefix}{LEASES}{{{shard}}}"

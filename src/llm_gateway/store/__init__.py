@@ -1,4 +1,5 @@
-"""Stores, picked by URL: embedded in-memory (no URL) or Redis Streams (``redis://``).
+"""Stores, picked by URL: embedded in-memory (no URL) or Redis Streams (``redis://``; a Redis Cluster:
+``redis+cluster://``, or ``cluster``).
 
 Each implements both halves of the seam: the event log (``EventLog``) and small values (``Values``).
 """
@@ -40,6 +41,7 @@ def open_store(
     stream_ttl: int = 3600,
     outage_grace: float = 30.0,
     max_bytes: int = 256 * 1024 * 1024,
+    cluster: bool = False,
 ) -> Store:
     """The store for ``url``, not yet connected: ``connect()`` starts it, ``close()`` ends it.
 
@@ -52,4 +54,4 @@ def open_store(
         return MemoryStore(stream_ttl=stream_ttl, max_bytes=max_bytes)
     from .redis import RedisStore
 
-    return RedisStore.from_url(url, prefix=prefix, stream_ttl=stream_ttl, outage_grace=outage_grace)
+    return RedisStore.from_url(url, prefix=prefix, stream_ttl=stream_ttl, outage_grace=outage_grace, cluster=cluster)

@@ -240,7 +240,7 @@ class LogRules(abc.ABC):
         return [task_id for task_id in lapsed if await self._finish(task_id, ending(INTERRUPTED), only_if_lapsed=True)]
 
     async def renew_leases(self, task_ids: Sequence[str], *, owner: str, lease_seconds: float) -> list[str]:
-        return await self._renew(task_ids, lease_ms(lease_seconds)) if task_ids else []
+        return await self._renew(task_ids, lease_ms(lease_seconds))
 
     async def read(self, task_id: str, after: str | None = None) -> EventBatch:
         return await self._read(task_id, None if after is None else parse_event_id(after))
@@ -275,11 +275,12 @@ class LogRules(abc.ABC):
 
     @abc.abstractmethod
     async def _lapsed(self) -> list[str]:
-        """Tasks whose lease lapsed: candidates for the reaper, which checks again as it ends each."""
+        """Tasks whose lease may have lapsed: candidates for the reaper, which checks each as it ends it."""
 
     @abc.abstractmethod
     async def _renew(self, task_ids: Sequence[str], lease: int) -> list[str]:
-        """Extend the leases of those not ended; those whose cancellation was requested."""
+        """Extend the leases of those not ended; those whose cancellation was requested. Called each lease
+        period, with no tasks too (a backend may have bookkeeping to send)."""
 
     @abc.abstractmethod
     async def _read(self, task_id: str, after: EventKey | None) -> EventBatch: ...

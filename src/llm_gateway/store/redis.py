@@ -1,20 +1,25 @@
-"""The Redis store: task hashes, Redis Streams event logs, a lease zset, and one multiplexed reader per replica.
+"""The Redis store: task hashes, Redis Streams event logs, lease indexes, and one multiplexed reader per replica.
 
-Layout (prefix ``llmgw:``, keys built by keys.RedisKeys): ``{<id>}:task`` hash, ``{<id>}:events`` stream (field
-``e`` = event JSON; the task id in braces is their hash tag), ``running`` zset (task id -> lease deadline in server
-ms), channel ``cancel`` (task ids), ``wake:<replica>``, a tiny stream that only this replica's reader watches (see
-redis_fanout), and the app's small values under ``kv:``.
+Layout (prefix ``llmgw:``, keys built by keys.RedisKeys): ``{<id>}:task`` hash (its ``lease`` field: the lease
+deadline in server ms), ``{<id>}:events`` stream (field ``e`` = event JSON; the task id in braces is their hash
+tag), ``leases:{<shard>}`` lease indexes (zsets: task id -> deadline, where the reaper looks; see redis_scripts),
+channel ``cancel`` (task ids), ``wake:<replica>``, a tiny stream that only this replica's reader watches (see
+redis_fanout), and the app's small values under ``kv:``. Every script touches the keys of one task, or one index:
+the same layout runs on a Redis Cluster (redis_cluster.RedisClusterStore).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
+import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
 from typing import Any, TypeVar
 
 import msgspec
 import redis.asyncio as redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeoutError
@@ -31,14 +36,19 @@ ACTIVE_TTL = 24 * 3600  # a running task's keys outlive any generation; finished
 POOL_SIZE = 32  # connections for commands, per replica; live reads use one more, of their own
 HEALTH_CHECK_SECONDS = 15  # a pooled connection idle this long is pinged before it is used again
 RETRY_SECONDS = 0.5  # a follower whose reads fail tries again this often (or when the store answers again)
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
 
 T = TypeVar("T")
 
 
 class RedisStore(LogRules):
+    """One Redis (or Valkey). ``from_url`` opens a ``RedisClusterStore`` for a cluster URL, or with ``cluster``."""
+
+    LEASE_SHARDS = 1  # lease indexes; one Redis needs no more than one
+
     def __init__(
         self,
-        client: redis.Redis,
+        client: redis.Redis | RedisCluster,
         url: str,
         *,
         prefix: str = "llmgw:",
@@ -49,9 +59,23 @@ class RedisStore(LogRules):
         self._stream_ttl = stream_ttl
         self._grace = outage_grace
         self._keys = RedisKeys(prefix)
-        self._fanout = Fanout(url, self._keys.wake(uuid.uuid4().hex))
+        self._id = uuid.uuid4().hex
+        self._index = self._keys.leases(zlib.crc32(self._id.encode()) % self.LEASE_SHARDS)  # where it leases tasks
+        self._due: dict[str, str] = {}  # task id -> the lease index where the reaper found it
+        self._fanout = self._open_fanout(url)
         self._health = StoreHealth(self.ping, self._fanout.poke)
         self._lua = Scripts(client)
+
+    def _open_fanout(self, url: str) -> Fanout:
+        return Fanout(url, self._keys.wake(self._id))
+
+    def _inline(self, index: str) -> list[str]:
+        """The lease index as the last key of a task's script, which keeps it (one Redis: one node, no slots)."""
+        return [index]
+
+    def _channel(self, task_id: str) -> str:
+        """Where a task's scripts publish its new events: nowhere (live reads are XREADs)."""
+        return ""
 
     @property
     def _prefix(self) -> str:
@@ -66,7 +90,14 @@ class RedisStore(LogRules):
         stream_ttl: int = 3600,
         outage_grace: float = 30.0,
         max_connections: int = POOL_SIZE,
+        cluster: bool = False,
     ) -> RedisStore:
+        if cluster or url.startswith(CLUSTER_SCHEMES):
+            from .redis_cluster import RedisClusterStore
+
+            return RedisClusterStore.from_url(
+                url, prefix=prefix, stream_ttl=stream_ttl, outage_grace=outage_grace, max_connections=max_connections
+            )
         # No socket_timeout: on Python 3.11 redis-py sends every command through wait_for, a Task per command.
         # Every command is bounded by asyncio.timeout instead (``command``: COMMAND_TIMEOUT, or the caller's).
         # A bounded pool: a burst of commands waits for a connection instead of opening one each.
@@ -103,7 +134,7 @@ class RedisStore(LogRules):
         return result
 
     async def _create(self, info: TaskInfo, lease: int) -> TaskInfo | None:
-        keys = [self._keys.task(info.task_id), self._keys.running]
+        keys = [self._keys.task(info.task_id), *self._inline(self._index)]
         args: list[str | int] = [info.task_id, info.fingerprint, info.model, info.created_at, ACTIVE_TTL, lease]
         reply = await self._call(self._lua.create(keys=keys, args=args))
         return None if reply == 1 else _task_info(dict(zip(reply[::2], reply[1::2], strict=True)))
@@ -113,8 +144,16 @@ class RedisStore(LogRules):
         return _task_info(fields) if fields else None
 
     async def _start(self, task_id: str, owner: str, lease: int, event: Event, at: str) -> str | None:
-        keys = [self._keys.task(task_id), self._keys.events(task_id), self._keys.running]
-        args: list[str | bytes | int] = [task_id, owner, lease, at, encode_event(event), ACTIVE_TTL]
+        keys = [self._keys.task(task_id), self._keys.events(task_id), *self._inline(self._index)]
+        args: list[str | bytes | int] = [
+            task_id,
+            owner,
+            lease,
+            at,
+            encode_event(event),
+            ACTIVE_TTL,
+            self._channel(task_id),
+        ]
         reply = await self._call(self._lua.start(keys=keys, args=args))
         if reply is None:
             return None
@@ -125,7 +164,7 @@ class RedisStore(LogRules):
 
     async def _append(self, task_id: str, events: Sequence[Event], owner: str, offset: int | None) -> list[str] | None:
         keys = [self._keys.task(task_id), self._keys.events(task_id)]
-        args = [owner, "" if offset is None else offset, *map(encode_event, events)]
+        args = [owner, "" if offset is None else offset, self._channel(task_id), *map(encode_event, events)]
         ids = await self._call(self._lua.append(keys=keys, args=args))
         if ids is None:
             return None
@@ -135,7 +174,12 @@ class RedisStore(LogRules):
         return [event_id for event_id, _ in batch]
 
     async def _finish(self, task_id: str, end: Ending, *, only_if_lapsed: bool) -> bool:
-        keys = [self._keys.task(task_id), self._keys.events(task_id), self._keys.running]
+        return wrote_end(await self._end(task_id, end, only_if_lapsed, self._due.pop(task_id, self._index)))
+
+    async def _end(self, task_id: str, end: Ending, only_if_lapsed: bool, index: str) -> Any:
+        """The FINISH script's answer: the terminal event's id; a lease's deadline (the reaper's call, while the
+        lease runs: 0 if it has none); None if nothing was left to end."""
+        keys = [self._keys.task(task_id), self._keys.events(task_id), *self._inline(index)]
         args = [
             encode_event(end.event),
             end.status,
@@ -145,19 +189,38 @@ class RedisStore(LogRules):
             self._stream_ttl,
             task_id,
             "1" if only_if_lapsed else "",
+            self._channel(task_id),
         ]
         reply = await self._call(self._lua.finish(keys=keys, args=args))
-        if reply is not None:
+        if wrote_end(reply):
             self._fanout.deliver(keys[1], [(text(reply), end.event)])
-        return reply is not None
+        return reply
 
     async def _lapsed(self) -> list[str]:
-        return [text(task_id) for task_id in await self._call(self._lua.lapsed(keys=[self._keys.running]))]
+        indexes = [self._keys.leases(shard) for shard in range(self.LEASE_SHARDS)]
+        found = await asyncio.gather(*(self._call(self._lua.lapsed(keys=[index])) for index in indexes))
+        self._due = {text(task_id): index for index, due in zip(indexes, found, strict=True) for task_id in due}
+        return list(self._due)
 
     async def _renew(self, task_ids: Sequence[str], lease: int) -> list[str]:
-        keys = [self._keys.running, *map(self._keys.task, task_ids)]
-        cancelled = await self._call(self._lua.renew(keys=keys, args=[lease, *task_ids]))
-        return [text(task_id) for task_id in cancelled]
+        return await self._renew_leases(task_ids, lease, ended=[])
+
+    async def _renew_leases(self, task_ids: Sequence[str], lease: int, *, ended: list[str]) -> list[str]:
+        """Extend the leases in the tasks' hashes and in this replica's lease index (dropping ``ended`` from it)."""
+        if not task_ids and not ended:
+            return []
+        index_args: list[str | int] = [lease, len(ended), *ended, *task_ids]
+        renew_index = self._call(self._lua.renew_index(keys=[self._index], args=index_args))
+        renew = (
+            self._call(self._lua.renew(keys=[self._keys.task(task_id) for task_id in group], args=[lease, *group]))
+            for group in self._groups(task_ids)
+        )
+        _, *cancelled = await asyncio.gather(renew_index, *renew)
+        return [text(task_id) for group in cancelled for task_id in group]
+
+    def _groups(self, task_ids: Sequence[str]) -> list[Sequence[str]]:
+        """Tasks whose keys one script may touch together: with one Redis, all."""
+        return [task_ids] if task_ids else []
 
     async def release(self, task_id: str) -> None:
         await self._fanout.local_end(self._keys.events(task_id))
@@ -202,7 +265,7 @@ class RedisStore(LogRules):
                     attempt = time.monotonic()
                     try:
                         if needs_wake:
-                            await self._fanout.wake()
+                            await self._fanout.join(key)
                             needs_wake = False
                         batch, status = await self._look(task_id, key, last)
                     except StoreUnavailable:
@@ -325,6 +388,11 @@ class RedisStore(LogRules):
         await self._health.stop()
         await self._fanout.stop()
         await self._redis.aclose()
+
+
+def wrote_end(reply: Any) -> bool:
+    """FINISH wrote the terminal event (its answer is the event's id)."""
+    return isinstance(reply, bytes | str)
 
 
 def _over(status: str | None) -> bool:

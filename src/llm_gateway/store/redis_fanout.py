@@ -16,6 +16,7 @@ from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import redis.asyncio as redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeoutError
 
 from ..aio import cancel_and_wait
@@ -111,9 +112,9 @@ class Fanout:
         self._ended: set[str] = set()
         self._idle = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._waker: redis.Redis | None = None
+        self._waker: redis.Redis | RedisCluster | None = None
 
-    def start(self, waker: redis.Redis) -> None:
+    def start(self, waker: redis.Redis | RedisCluster) -> None:
         if self._task is not None:
             return
         self._waker = waker
@@ -152,7 +153,7 @@ class Fanout:
         delivered = key in self._ended
         self._ended.discard(key)
         if key in self._subs and not delivered:
-            await self.wake()  # someone still follows: read the rest (say, a reaper's terminal event) by XREAD
+            await self.join(key)  # someone still follows: read the rest (say, a reaper's terminal event) by XREAD
 
     def deliver(self, key: str, batch: EventBatch) -> None:
         """Hand a batch just stored by this replica to its local subscribers (they drop what they have)."""
@@ -185,6 +186,10 @@ class Fanout:
             if not subs:
                 del self._subs[key]
                 self._cursors.pop(key, None)
+
+    async def join(self, key: str) -> None:
+        """Have the live reads cover ``key`` (``subscribe`` said they may not yet) before its log is read."""
+        await self.wake()
 
     async def wake(self) -> None:
         self._idle.set()
