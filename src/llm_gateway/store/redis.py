@@ -315,16 +315,12 @@ class RedisStore(LogRules):
             self._fanout.unsubscribe(key, sub)
 
     async def _look(self, task_id: str, key: str, last: EventKey) -> tuple[EventBatch, str | None]:
-        """The events after ``last``; when there are none, the task's status too (None: gone)."""
-        cursor = None if last == (0, 0) else format_event_id(last)
-        batch = await self._page(key, cursor)
-        if batch:
-            return batch, "running"
-        raw = await self._call(self._redis.hget(self._keys.task(task_id), "status"))
-        status = None if raw is None else text(raw)
-        if _over(status):
-            batch = await self._page(key, cursor)  # it may have ended between the two reads
-        return batch, status
+        """The events after ``last``; when there are none, the task's status too (None: gone). One script."""
+        start = "-" if last == (0, 0) else f"({format_event_id(last)}"
+        keys = [self._keys.task(task_id), key]
+        page, status = await self._call(self._lua.look(keys=keys, args=[start, PAGE]))
+        entries = [(entry_id, dict(zip(fields[::2], fields[1::2], strict=True))) for entry_id, fields in page]
+        return decode_entries(entries), None if status is None else text(status)
 
     def _out_for(self, failing_since: float) -> float:
         """How long the store has failed a follower: its own failed reads, or the probe's silence if longer."""

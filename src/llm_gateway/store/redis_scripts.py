@@ -156,6 +156,14 @@ local t = redis.call('TIME')
 return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', t[1] * 1000 + math.floor(t[2] / 1000), 'LIMIT', 0, 100)
 """
 
+# A follower's look: a page of the log after ARGV[1] ('-' for all of it) and, when there is none, the task's
+# status (nil: gone) — one round trip, and no race between the two reads. KEYS: task hash, events stream.
+LOOK = """
+local page = redis.call('XRANGE', KEYS[2], ARGV[1], '+', 'COUNT', ARGV[2])
+if #page > 0 then return {page, 'running'} end
+return {page, redis.call('HGET', KEYS[1], 'status')}
+"""
+
 REFRESH_IF = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
@@ -198,6 +206,7 @@ class Scripts:
         self.renew_index = client.register_script(RENEW_INDEX)
         self.lease = client.register_script(LEASE)
         self.lapsed = client.register_script(LAPSED)
+        self.look = client.register_script(LOOK)
         self.request_cancel = client.register_script(REQUEST_CANCEL)
         self.refresh_if = client.register_script(REFRESH_IF)
         self.delete_if = client.register_script(DELETE_IF)
