@@ -126,8 +126,9 @@ function connect(after) {
   let resuming = Boolean(after);
   answer.source = source;
   source.onopen = () => setState(resuming && answer.lastId ? `resumed at ${answer.lastId}` : 'live');
-  source.onerror = () => {
-    if (answer.source !== source) return;
+  source.onerror = (event) => {
+    // A frame named `error` (native, text, anthropic) is a MessageEvent: it goes to the dialect's listener.
+    if (answer.source !== source || event instanceof MessageEvent) return;
     if (source.readyState === EventSource.CLOSED) {
       end('error: connection'); // refused for good (not 200): "reconnect now" tries again
       return;
@@ -137,7 +138,7 @@ function connect(after) {
   };
   for (const name of dialect.events) {
     source.addEventListener(name, (event) => {
-      if (answer.source !== source) return;
+      if (answer.source !== source || !(event instanceof MessageEvent)) return; // not the connection's error
       const result = dialect.frame(name, event.data);
       if (event.lastEventId) answer.lastId = event.lastEventId;
       if (result === null) return;
