@@ -2,8 +2,8 @@
 
 The files it copies go to a fresh directory, its ``pip install --prefix`` builds the wheel from them (non-editable,
 as in the image: the playground's page must be in it), and its CMD runs from that prefix, with the ENV it sets,
-in an empty directory (no .env). Only ``--no-deps`` is added: the dependencies are this test environment's,
-installed from the same pyproject.toml. ``hadolint`` lints the file in scripts/check.
+in an empty directory (no .env). Only ``--no-deps`` and ``--ignore-installed`` are added: the dependencies are this
+test environment's, installed from the same pyproject.toml. ``hadolint`` lints the file in scripts/check.
 """
 
 from __future__ import annotations
@@ -91,7 +91,8 @@ def prefix(dockerfile: list[Stage], tmp_path_factory: pytest.TempPathFactory) ->
     (prefix_option,) = [arg for arg in arguments if arg.startswith("--prefix=")]
     installed = tmp_path_factory.mktemp("install")
     arguments[arguments.index(prefix_option)] = f"--prefix={installed}"
-    command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", *arguments]
+    # --ignore-installed: else pip would uninstall this environment's own (editable) llm-gateway first.
+    command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--ignore-installed", *arguments]
     done = subprocess.run(command, cwd=context, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr
     return installed
