@@ -184,12 +184,13 @@ async function send() {
 
 async function stop() {
   if (!answer.taskId) return;
-  // The stream then ends with the `cancelled` error; 409: it had ended already.
+  // A stream that is open ends with the `cancelled` error itself; 409: the task had ended already.
+  const watched = answer.source !== null;
   const response = await fetch(`api/claude/task/${encodeURIComponent(answer.taskId)}`, {
     method: 'DELETE',
     headers: headers(),
   });
-  if (!answer.source) setState(response.ok ? 'error: cancelled' : `error: ${response.status}`);
+  if (!watched) setState(response.ok ? 'error: cancelled' : `error: ${response.status}`);
 }
 
 function reconnectNow() {
