@@ -72,6 +72,14 @@ def redis_url() -> Iterator[str]:
     shutil.rmtree(workdir, ignore_errors=True)
 
 
+@pytest.fixture
+def nginx_binary() -> str:
+    found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
+    if found is None:
+        pytest.skip("nginx is not installed (scripts/install installs Debian's package where apt is available)")
+    return found
+
+
 @pytest.fixture(scope="session")
 def redis_cluster_url() -> Iterator[str]:
     """A real Redis Cluster for the whole session (tests/redis_cluster.py): three primaries on loopback.

@@ -1,4 +1,4 @@
-"""Real servers for tests: an ASGI app on uvicorn over a real loopback socket, or a gateway process."""
+"""Real servers for tests: an ASGI app on uvicorn over a real loopback socket, a gateway process, nginx."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -99,6 +100,57 @@ async def replica_process(
                 process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+DEPLOYED_NGINX_CONF = Path(__file__).parents[1] / "deploy" / "nginx.conf"
+# deploy/nginx.conf's upstream servers: the replicas of deploy/compose.yaml.
+NGINX_UPSTREAMS = ("gateway-1:8000", "gateway-2:8000")
+
+
+def render_nginx_conf(listen: int, replicas: tuple[int, int]) -> str:
+    """deploy/nginx.conf as shipped, with only its listen port and its two upstream servers replaced."""
+    text = DEPLOYED_NGINX_CONF.read_text()
+    replacements = {
+        "listen 8080;": f"listen 127.0.0.1:{listen};",
+        f"server {NGINX_UPSTREAMS[0]} ": f"server 127.0.0.1:{replicas[0]} ",
+        f"server {NGINX_UPSTREAMS[1]} ": f"server 127.0.0.1:{replicas[1]} ",
+    }
+    for old, new in replacements.items():
+        assert text.count(old) == 1, f"deploy/nginx.conf changed: {old!r} is not there once"
+        text = text.replace(old, new)
+    return text
+
+
+@contextlib.asynccontextmanager
+async def nginx_in_front(binary: str, workdir: Path, a: str, b: str) -> AsyncIterator[str]:
+    """nginx, not a daemon, in ``workdir`` (its prefix: temp files, pid, log), in front of replicas a and b."""
+    port = free_port()
+    conf = workdir / "nginx.conf"
+    conf.write_text(render_nginx_conf(port, (urlsplit(a).port or 0, urlsplit(b).port or 0)))
+    log_path = workdir / "nginx.log"
+    with log_path.open("wb") as log:
+        command = [binary, "-p", f"{workdir}/", "-c", str(conf), "-g", f"daemon off; pid {workdir}/nginx.pid;"]
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            async with asyncio.timeout(10):
+                while True:  # a bare TCP connect: no request reaches (and moves round-robin past) a replica
+                    assert process.poll() is None, log_path.read_text()
+                    try:
+                        _, writer = await asyncio.open_connection("127.0.0.1", port)
+                    except OSError:
+                        await asyncio.sleep(0.05)
+                        continue
+                    writer.close()
+                    await writer.wait_closed()
+                    break
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 NODE_DIR = Path(__file__).parent / "node"

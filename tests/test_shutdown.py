@@ -9,29 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import signal
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
-import pytest
 import websockets
 
 from llm_gateway.emulator import emulated_text
 from llm_gateway.events import Error
 from llm_gateway.store import parse_event_id
 from llm_gateway.store.redis import RedisStore
-from tests.servers import free_port, replica_process
+from tests.servers import nginx_in_front, replica_process
 
-DEPLOYED_NGINX_CONF = Path(__file__).parents[1] / "deploy" / "nginx.conf"
 RELEASED_WITHIN = 1.5  # seconds from SIGTERM to a client's retry: or close 1012
 EXIT_MARGIN = 2.0  # the process exits within SHUTDOWN_GRACE_SECONDS plus this
 
@@ -143,60 +137,6 @@ async def start_task(http: httpx.AsyncClient, url: str, prompt: str) -> str:
     assert accepted.status_code == 202, accepted.text
     task_id: str = accepted.json()["task_id"]
     return task_id
-
-
-@pytest.fixture
-def nginx_binary() -> str:
-    found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
-    if found is None:
-        pytest.skip("nginx is not installed (scripts/install installs Debian's package where apt is available)")
-    return found
-
-
-def render_nginx_conf(listen: int, replicas: tuple[int, int]) -> str:
-    """deploy/nginx.conf as shipped, with only its ports replaced."""
-    text = DEPLOYED_NGINX_CONF.read_text()
-    replacements = {
-        "listen 8080;": f"listen 127.0.0.1:{listen};",
-        "127.0.0.1:8001": f"127.0.0.1:{replicas[0]}",
-        "127.0.0.1:8002": f"127.0.0.1:{replicas[1]}",
-    }
-    for old, new in replacements.items():
-        assert text.count(old) == 1, f"deploy/nginx.conf changed: {old!r} is not there once"
-        text = text.replace(old, new)
-    return text
-
-
-@asynccontextmanager
-async def nginx_in_front(binary: str, workdir: Path, a: str, b: str) -> AsyncIterator[str]:
-    """nginx, not a daemon, in ``workdir`` (its prefix: temp files, pid, log), in front of replicas a and b."""
-    port = free_port()
-    conf = workdir / "nginx.conf"
-    conf.write_text(render_nginx_conf(port, (urlsplit(a).port or 0, urlsplit(b).port or 0)))
-    log_path = workdir / "nginx.log"
-    with log_path.open("wb") as log:
-        command = [binary, "-p", f"{workdir}/", "-c", str(conf), "-g", f"daemon off; pid {workdir}/nginx.pid;"]
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            async with asyncio.timeout(10):
-                while True:  # a bare TCP connect: no request reaches (and moves round-robin past) a replica
-                    assert process.poll() is None, log_path.read_text()
-                    try:
-                        _, writer = await asyncio.open_connection("127.0.0.1", port)
-                    except OSError:
-                        await asyncio.sleep(0.05)
-                        continue
-                    writer.close()
-                    await writer.wait_closed()
-                    break
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
 
 
 async def test_a_stopping_replica_hands_its_clients_to_the_other_through_nginx(

@@ -27,7 +27,17 @@ from .errors_wire import wire_error_response
 from .logs import RequestIdMiddleware
 from .metrics import STORE_ERRORS, RequestMetrics
 from .providers.registry import Providers
-from .routes import ai_sdk, anthropic_api, chat, claude, generic, meta, openai_api, trellis as trellis_routes
+from .routes import (
+    ai_sdk,
+    anthropic_api,
+    chat,
+    claude,
+    generic,
+    meta,
+    openai_api,
+    playground,
+    trellis as trellis_routes,
+)
 from .sse import RAW_SEND
 from .state import DRAIN, Gateway
 from .store import Store, open_store
@@ -191,6 +201,7 @@ def create_app(
             *trellis_routes.routes,
             *openai_api.routes,
             *anthropic_api.routes,
+            *playground.routes,
         ],
         middleware=middleware,
         exception_handlers={

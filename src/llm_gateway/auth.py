@@ -21,7 +21,10 @@ from .errors_wire import wire_error_response
 from .redact import mask_query
 from .tenants import ANONYMOUS, SCOPE_KEY
 
-OPEN_PATHS = frozenset({"/", "/health", "/docs", "/redoc", "/openapi.json", "/metrics", "/playground"})
+OPEN_PATHS = frozenset(
+    {"/", "/health", "/docs", "/redoc", "/openapi.json", "/metrics"}
+    | {"/playground", "/playground/app.js", "/playground/app.css"}  # the page asks for a key itself
+)
 
 
 class ClientKeyMiddleware:
