@@ -1,6 +1,6 @@
 """What every client sees when Redis fails under 20 live streams, and right after it is back.
 
-    PYTHONPATH=src .venv/bin/python bench/outage.py [--scenarios kill3,kill20,stop5,stop12] [--grace 30]
+    .venv/bin/python -m bench.outage [--scenarios kill3,kill20,stop5,stop12] [--grace 30]
 
 Per scenario, fresh: a redis-server of its own, the emulator, and two gateway replicas (processes) on it.
 20 tasks are started across both replicas and each is followed over SSE (``native``) from one of them, half
@@ -31,6 +31,7 @@ from pathlib import Path
 
 import httpx
 
+from bench.procs import free_port
 from llm_gateway.emulator import emulated_text
 
 STREAMS = 20
@@ -38,12 +39,6 @@ DELTAS = 400  # at 50 ms each: 20 s of answer, so every stream is mid-answer whe
 PROMPT = "outage {i} [emu:deltas=" + str(DELTAS) + "] [emu:delay_ms=50]"
 FAULT_AFTER = 2.0
 REQUESTS_AFTER = 64
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Redis:

@@ -1,6 +1,6 @@
 """The embedded store's memory: bytes per finished log, and the gateway's RSS over many streams.
 
-    PYTHONPATH=src .venv/bin/python bench/store_memory.py --logs 2000 --streams 20000 [--ttl 1500] [--max-bytes N]
+    .venv/bin/python -m bench.store_memory --logs 2000 --streams 20000 [--ttl 1500] [--max-bytes N]
 
 First, in this process: N finished logs of a 50-delta answer (start, 50 text, usage, complete, as the emulator's
 stream makes them) in a MemoryStore, measured with tracemalloc, beside what the store accounts for them. Then a
@@ -15,8 +15,6 @@ import asyncio
 import gc
 import hashlib
 import os
-import socket
-import subprocess
 import sys
 import time
 import tracemalloc
@@ -25,6 +23,7 @@ from pathlib import Path
 
 import httpx
 
+from bench.procs import SERVER_CPU, free_port, spawn, wait_for
 from llm_gateway.emulator.words import emulated_deltas
 from llm_gateway.events import Complete, Start, Text, TokenUsage, Usage
 from llm_gateway.store.memory import MemoryStore
@@ -62,29 +61,11 @@ def bytes_per_log(logs: int) -> None:
     print(line)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError("no VmRSS")
-
-
-def wait_for(url: str) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
 
 
 async def one_stream(client: httpx.AsyncClient) -> str:
@@ -116,10 +97,6 @@ async def streams(url: str, count: int, concurrency: int) -> list[str]:
         return await asyncio.gather(*(bounded() for _ in range(count)))
 
 
-def spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
 def gateway_rss(count: int, concurrency: int, ttl: int, max_bytes: int | None, wait: bool) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "REDIS_", "STORE_"))}
     emu_port, gw_port = free_port(), free_port()
@@ -137,7 +114,7 @@ def gateway_rss(count: int, concurrency: int, ttl: int, max_bytes: int | None, w
     }
     cli = [sys.executable, "-m", "llm_gateway"]
     emulator = spawn([*cli, "emulator", "--port", str(emu_port), "--deltas", str(DELTAS)], env)
-    gateway = spawn([*cli, "--env-file", "/dev/null"], gw_env)
+    gateway = spawn([*cli, "--env-file", "/dev/null"], gw_env, SERVER_CPU)
     try:
         url = f"http://127.0.0.1:{gw_port}"
         wait_for(f"http://127.0.0.1:{emu_port}")

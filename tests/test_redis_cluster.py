@@ -133,9 +133,9 @@ async def test_a_replica_reaps_the_tasks_of_another_replica_s_lease_index(redis_
         indexes = [reaper._keys.leases(shard) for shard in range(reaper.LEASE_SHARDS)]
         reaper._index = next(index for index in indexes if index != owner._index)  # each leases into its own
         await owner.create_task("t1", fingerprint="f", model="m", lease_seconds=5)
-        await owner.start_task("t1", owner="r1", lease_seconds=0.2, event=Start("t1", "m"))
+        await owner.start_task("t1", owner="r1", lease_seconds=1.0, event=Start("t1", "m"))
         assert await reaper.interrupt_lapsed() == []
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(1.1)
         assert await reaper.interrupt_lapsed() == ["t1"]
         assert (await reaper.get_task("t1")).status == "interrupted"  # type: ignore[union-attr]
         assert await owner.interrupt_lapsed() == [] and await owner._redis.zcard(owner._index) == 0, "its entry went"

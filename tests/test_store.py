@@ -172,13 +172,13 @@ async def test_many_tasks_followed_at_once(store: Store) -> None:
 
 async def test_lapsed_lease_ends_interrupted(store: Store) -> None:
     await store.create_task("t1", fingerprint="f", model="m", lease_seconds=5)
-    await store.start_task("t1", owner="r1", lease_seconds=0.2, event=Start("t1", "m"))
+    # Leases long enough that a loaded machine (a cluster's extra round trips) cannot lapse them before the check.
+    await store.start_task("t1", owner="r1", lease_seconds=1.0, event=Start("t1", "m"))
     await store.create_task("t2", fingerprint="f", model="m", lease_seconds=5)
-    await store.start_task("t2", owner="r1", lease_seconds=0.2, event=Start("t2", "m"))
+    await store.start_task("t2", owner="r1", lease_seconds=1.0, event=Start("t2", "m"))
     assert await store.interrupt_lapsed() == []
-    await asyncio.sleep(0.15)
     await store.renew_leases(["t2"], owner="r1", lease_seconds=5)
-    await asyncio.sleep(0.15)
+    await asyncio.sleep(1.1)
     assert await store.interrupt_lapsed() == ["t1"]
     info = await store.get_task("t1")
     assert info is not None and info.status == "interrupted"
@@ -418,14 +418,15 @@ async def test_a_task_created_again_on_another_replica_is_reaped_only_once_its_o
     owner = RedisStore.from_url(engine_url, prefix="again:")
     other = RedisStore.from_url(engine_url, prefix="again:")
     try:
-        await owner.create_task("t1", fingerprint="f", model="m", lease_seconds=0.3)
-        await owner.start_task("t1", owner="r1", lease_seconds=0.3, event=Start("t1", "m"))
-        assert not (await other.create_task("t1", fingerprint="f", model="m", lease_seconds=0.3))[1]
-        for _ in range(6):
-            await asyncio.sleep(0.1)
-            await owner.renew_leases(["t1"], owner="r1", lease_seconds=0.3)
+        # Leases of a second, renewed every 0.3 s: a loaded machine's stall cannot lapse one by accident.
+        await owner.create_task("t1", fingerprint="f", model="m", lease_seconds=1.0)
+        await owner.start_task("t1", owner="r1", lease_seconds=1.0, event=Start("t1", "m"))
+        assert not (await other.create_task("t1", fingerprint="f", model="m", lease_seconds=1.0))[1]
+        for _ in range(5):
+            await asyncio.sleep(0.3)
+            await owner.renew_leases(["t1"], owner="r1", lease_seconds=1.0)
             assert await other.interrupt_lapsed() == []
-        await asyncio.sleep(0.4)
+        await asyncio.sleep(1.2)
         assert await other.interrupt_lapsed() == ["t1"]
         assert await owner.interrupt_lapsed() == []
     finally:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Iterator
 from typing import Any, cast
 
 import anthropic
@@ -14,7 +13,7 @@ import msgspec
 from ..errors import GatewayError
 from ..events import Complete, Event, Text, TokenUsage, ToolCall, Usage
 from .anthropic_wire import SSEDecoder, WireEvent, decode_wire_event
-from .base import GenerationRequest, error_from_upstream, read_capped, retry_delay, worth_retrying
+from .base import GenerationRequest, error_from_upstream, send_with_retries
 from .transport import LeanTransport
 
 API_VERSION = "2023-06-01"
@@ -100,31 +99,12 @@ class AnthropicProvider:
         yield mapper.complete
 
     async def _send(self, body: bytes) -> httpx2.Response:
-        """The response to a successful request, retried as the SDK would (connection failures, 408/409/429/5xx)."""
-        attempt = 0
-        while True:
-            request = httpx2.Request(
-                "POST", self._url, headers=self._headers, content=body, extensions={"timeout": self._timeouts}
-            )
-            try:
-                response = await self._transport.handle_async_request(request)
-            except _RETRY_ERRORS:
-                if attempt >= self._max_retries:
-                    raise
-                await asyncio.sleep(retry_delay(attempt, {}))
-                attempt += 1
-                continue
-            if response.status_code < 300:
-                return response
-            try:
-                raw = await read_capped(response.aiter_bytes())
-            finally:
-                await response.aclose()
-            if attempt < self._max_retries and worth_retrying(response.status_code, response.headers):
-                await asyncio.sleep(retry_delay(attempt, response.headers))
-                attempt += 1
-                continue
-            raise _status_error(response, raw)
+        def send() -> Awaitable[httpx2.Response]:
+            timeouts = {"timeout": self._timeouts}
+            request = httpx2.Request("POST", self._url, headers=self._headers, content=body, extensions=timeouts)
+            return self._transport.handle_async_request(request)
+
+        return await send_with_retries(send, retries=self._max_retries, retry_on=_RETRY_ERRORS, refused=_status_error)
 
     async def count_tokens(self, request: GenerationRequest) -> int:
         """The upstream's count of the request's input tokens (``POST /v1/messages/count_tokens``)."""

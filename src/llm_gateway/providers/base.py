@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import random
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import msgspec
 
@@ -136,3 +137,52 @@ async def read_capped(body: AsyncIterable[bytes]) -> bytes:
         if len(data) >= MAX_ERROR_BODY:
             break
     return data[:MAX_ERROR_BODY]
+
+
+class UpstreamResponse(Protocol):
+    """What both HTTP clients' responses (httpx's, httpx2's) give the retry loop."""
+
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    def aiter_bytes(self) -> AsyncIterator[bytes]: ...
+
+    async def aclose(self) -> None: ...
+
+
+R = TypeVar("R", bound=UpstreamResponse)
+
+
+async def send_with_retries(
+    send: Callable[[], Awaitable[R]],
+    *,
+    retries: int,
+    retry_on: tuple[type[Exception], ...],
+    refused: Callable[[R, bytes], GatewayError],
+) -> R:
+    """The successful (2xx) response to ``send()``, tried again as the SDKs do: on ``retry_on`` errors and on
+    answers ``worth_retrying``, after ``retry_delay``, up to ``retries`` times. A failure for good raises
+    ``refused(response, its body)``. Only a request is retried, never a started stream."""
+    attempt = 0
+    while True:
+        try:
+            response = await send()
+        except retry_on:
+            if attempt >= retries:
+                raise
+            await asyncio.sleep(retry_delay(attempt, {}))
+            attempt += 1
+            continue
+        if 200 <= response.status_code < 300:
+            return response
+        try:
+            raw = await read_capped(response.aiter_bytes())
+        finally:
+            await response.aclose()
+        if attempt >= retries or not worth_retrying(response.status_code, response.headers):
+            raise refused(response, raw)
+        await asyncio.sleep(retry_delay(attempt, response.headers))
+        attempt += 1

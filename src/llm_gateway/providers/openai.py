@@ -9,8 +9,7 @@ The request is converted by pure functions (``openai_request``), the stream is m
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 import httpx
 import msgspec
@@ -18,7 +17,7 @@ import msgspec
 from ..errors import GatewayError
 from ..events import Event
 from .anthropic_wire import SSEDecoder
-from .base import GenerationRequest, read_capped, retry_delay, worth_retrying
+from .base import GenerationRequest, read_capped, retry_delay, send_with_retries
 from .openai_request import openai_body, openai_messages, openai_tool_choice, openai_tools
 from .openai_stream import ChunkMapper, error_in_body, upstream_error
 
@@ -94,29 +93,14 @@ class OpenAICompatibleProvider:
         yield mapper.complete()
 
     async def _send(self, body: bytes) -> httpx.Response:
-        """The response to a successful request, retried on connection failures and 408/409/429/5xx."""
-        attempt = 0
-        while True:
+        def send() -> Awaitable[httpx.Response]:
             request = self._client.build_request("POST", self._url, content=body, headers=self._headers)
             request.headers["content-type"] = "application/json"
-            try:
-                response = await self._client.send(request, stream=True)
-            except _RETRY_ERRORS:
-                if attempt >= self._max_retries:
-                    raise
-                await asyncio.sleep(retry_delay(attempt, {}))
-                attempt += 1
-                continue
-            if response.is_success:
-                return response
-            try:
-                raw = await read_capped(response.aiter_bytes())
-            finally:
-                await response.aclose()
-            status = response.status_code
-            if attempt < self._max_retries and worth_retrying(status, response.headers):
-                await asyncio.sleep(retry_delay(attempt, response.headers))
-                attempt += 1
-                continue
-            error = error_in_body(raw) or raw[:200].decode("utf-8", "replace") or response.reason_phrase
-            raise upstream_error(error, status, response.headers.get("retry-after"))
+            return self._client.send(request, stream=True)
+
+        return await send_with_retries(send, retries=self._max_retries, retry_on=_RETRY_ERRORS, refused=_refused)
+
+
+def _refused(response: httpx.Response, raw: bytes) -> GatewayError:
+    error = error_in_body(raw) or raw[:200].decode("utf-8", "replace") or response.reason_phrase
+    return upstream_error(error, response.status_code, response.headers.get("retry-after"))
