@@ -1,9 +1,10 @@
 """The embedded store: everything in this process's memory, for a single replica.
 
-Logs are kept compact, so that what they hold is small and counted: a task's events are msgpack-encoded back to
-back in one buffer, with two int arrays to find them, and a finished task's info is encoded too (bench/store_memory.py:
-3.8 KiB for a finished 50-delta answer, where an object per event took 18 KiB). Finished logs go when they expire
-or, oldest first, when together they would hold more than ``max_bytes``. Running tasks are never evicted.
+A running task's log keeps its events as objects, since its followers read them as they come. A finished one is
+compacted, so that what it holds is small and counted: its events msgpack-encoded back to back in one buffer, with
+two int arrays to find them, and its info encoded too (bench/store_memory.py: 3.8 KiB for a finished 50-delta
+answer, where an object per event took 18 KiB). Finished logs go when they expire or, oldest first, when together
+they would hold more than ``max_bytes``. Running tasks are never evicted.
 """
 
 from __future__ import annotations
