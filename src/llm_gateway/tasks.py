@@ -221,15 +221,21 @@ class TaskRunner:
 
     async def _create(self, task_id: str, request: GenerationRequest) -> tuple[TaskInfo, bool]:
         """The task, created unless it exists; a new one takes one of its tenant's slots (429 if none is free)."""
-        create = self.store.create_task
-        lease, print_ = self.lease_seconds, fingerprint(request)
+        create = functools.partial(
+            self.store.create_task,
+            task_id,
+            fingerprint=fingerprint(request),
+            model=request.model,
+            lease_seconds=self.lease_seconds,
+            runs_here=True,
+        )
         if self.limits is None or not self.limits.limits_concurrency:
-            return await create(task_id, fingerprint=print_, model=request.model, lease_seconds=lease)
+            return await create()
         existing = await self.store.get_task(task_id)
         if existing is not None:
             return existing, False
         await self.limits.claim(task_id)
-        info, created = await create(task_id, fingerprint=print_, model=request.model, lease_seconds=lease)
+        info, created = await create()
         if not created:
             await self.limits.release(task_id)
         return info, created

@@ -110,10 +110,11 @@ class EventLog(Protocol):
     async def ping(self) -> None: ...
 
     async def create_task(
-        self, task_id: str, *, fingerprint: str, model: str, lease_seconds: float | None
+        self, task_id: str, *, fingerprint: str, model: str, lease_seconds: float | None, runs_here: bool = False
     ) -> tuple[TaskInfo, bool]:
         """Create a queued task, leased like a running one (None: no lease, never reaped); if it exists,
-        return it and False."""
+        return it and False. ``runs_here``: this replica starts it at once and then ``release``s it, so its
+        own followers get its events from the writer, not from the live reads."""
 
     async def get_task(self, task_id: str) -> TaskInfo | None: ...
 
@@ -214,13 +215,15 @@ class LogRules(abc.ABC):
     in_process: bool = False
 
     async def create_task(
-        self, task_id: str, *, fingerprint: str, model: str, lease_seconds: float | None
+        self, task_id: str, *, fingerprint: str, model: str, lease_seconds: float | None, runs_here: bool = False
     ) -> tuple[TaskInfo, bool]:
         now = now_iso()
         info = TaskInfo(
             task_id=task_id, status="queued", created_at=now, updated_at=now, model=model, fingerprint=fingerprint
         )
         existing = await self._create(info, lease_ms(lease_seconds))
+        if existing is None and runs_here:
+            self._runs_here(task_id)
         return (info, True) if existing is None else (existing, False)
 
     async def start_task(self, task_id: str, *, owner: str, lease_seconds: float | None, event: Event) -> str:
@@ -254,6 +257,9 @@ class LogRules(abc.ABC):
                 yield batch
                 if ends_log(batch):
                     return
+
+    def _runs_here(self, task_id: str) -> None:  # noqa: B027 (a hook: most backends need nothing)
+        """This replica created the task and starts it now (``create_task(runs_here=True)``)."""
 
     @abc.abstractmethod
     async def _create(self, info: TaskInfo, lease: int) -> TaskInfo | None:

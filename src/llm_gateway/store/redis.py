@@ -133,6 +133,11 @@ class RedisStore(LogRules):
         self._health.answered()
         return result
 
+    def _runs_here(self, task_id: str) -> None:
+        # Its writer hands each batch to this replica's followers: the live reads need not cover it (no wake-up,
+        # no XREAD or channel) unless someone still follows it when it is released.
+        self._fanout.local_start(self._keys.events(task_id))
+
     async def _create(self, info: TaskInfo, lease: int) -> TaskInfo | None:
         keys = [self._keys.task(info.task_id), *self._inline(self._index)]
         args: list[str | int] = [info.task_id, info.fingerprint, info.model, info.created_at, ACTIVE_TTL, lease]
