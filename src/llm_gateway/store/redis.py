@@ -93,10 +93,14 @@ class RedisStore(LogRules):
         cluster: bool = False,
     ) -> RedisStore:
         if cluster or url.startswith(CLUSTER_SCHEMES):
-            from .redis_cluster import RedisClusterStore
+            from .redis_cluster import RedisClusterStore, cluster_client
 
-            return RedisClusterStore.from_url(
-                url, prefix=prefix, stream_ttl=stream_ttl, outage_grace=outage_grace, max_connections=max_connections
+            return RedisClusterStore(
+                cluster_client(url, max_connections),
+                prefix=prefix,
+                stream_ttl=stream_ttl,
+                outage_grace=outage_grace,
+                max_connections=max_connections,
             )
         # No socket_timeout: on Python 3.11 redis-py sends every command through wait_for, a Task per command.
         # Every command is bounded by asyncio.timeout instead (``command``: COMMAND_TIMEOUT, or the caller's).

@@ -45,6 +45,19 @@ def node_url(url: str) -> str:
     return f"{scheme.removesuffix('+cluster')}{sep}{rest}"
 
 
+def cluster_client(url: str, max_connections: int) -> RedisCluster:
+    """The cluster client, as the one-Redis one (RedisStore.from_url): no socket_timeout, short retries, health
+    checks."""
+    return RedisCluster.from_url(
+        node_url(url),
+        max_connections=max_connections,
+        socket_timeout=None,
+        socket_connect_timeout=2,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=3),
+        health_check_interval=HEALTH_CHECK_SECONDS,
+    )
+
+
 class RedisClusterStore(RedisStore):
     LEASE_SHARDS = 16
 
@@ -61,30 +74,6 @@ class RedisClusterStore(RedisStore):
         self._gate = asyncio.Semaphore(max_connections)
         self._ended: list[str] = []  # tasks this replica ended: to leave its lease index at the next renewal
         super().__init__(client, "", prefix=prefix, stream_ttl=stream_ttl, outage_grace=outage_grace)
-
-    @classmethod
-    def from_url(
-        cls,
-        url: str,
-        *,
-        prefix: str = "llmgw:",
-        stream_ttl: int = 3600,
-        outage_grace: float = 30.0,
-        max_connections: int = POOL_SIZE,
-        cluster: bool = True,  # what it is, whatever this says
-    ) -> RedisClusterStore:
-        # As the one-Redis client (RedisStore.from_url): no socket_timeout, short retries, health checks.
-        client = RedisCluster.from_url(
-            node_url(url),
-            max_connections=max_connections,
-            socket_timeout=None,
-            socket_connect_timeout=2,
-            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=3),
-            health_check_interval=HEALTH_CHECK_SECONDS,
-        )
-        return cls(
-            client, prefix=prefix, stream_ttl=stream_ttl, outage_grace=outage_grace, max_connections=max_connections
-        )
 
     async def ping(self) -> None:
         """Every primary answers (a cluster missing one serves none of its slots; by default it serves nothing)."""
