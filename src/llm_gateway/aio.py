@@ -4,20 +4,43 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+log = logging.getLogger(__name__)
 
-async def cancel_and_wait(*tasks: asyncio.Task[Any] | None) -> None:
-    """Cancel the tasks and wait until each has ended; what they raise while ending is theirs, not ours."""
-    live = [task for task in tasks if task is not None]
+STOP_SECONDS = 5.0
+
+
+async def cancel_and_wait(*tasks: asyncio.Task[Any] | None, timeout: float = STOP_SECONDS) -> None:
+    """Cancel the tasks and wait until each has ended; what they raise while ending is theirs, not ours.
+
+    Bounded: a task still running after ``timeout`` ignored its cancellation (a library may turn it into an
+    error of its own); it is named in the log instead of being waited on forever. A cancellation of the
+    caller while it waits is the caller's, and goes on."""
+    live = {task for task in tasks if task is not None}
+    if not live:
+        return
     for task in live:
         task.cancel()
-    for task in live:
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+    done, ignored = await asyncio.wait(live, timeout=timeout)
+    for task in done:
+        if not task.cancelled():
+            task.exception()  # retrieved: whatever it ended with is not ours to report
+    if ignored:
+        names = ", ".join(sorted(task.get_name() for task in ignored))
+        log.error("%d task(s) still running %.0fs after being cancelled: %s", len(ignored), timeout, names)
+
+
+def raise_if_cancelling() -> None:
+    """Raise CancelledError if this task is being cancelled: httpx's connect may turn a cancellation into a
+    ConnectError (encode/httpx#2381), which must not pass for an upstream failure and be retried."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 async def until_disconnect(websocket: WebSocket, *, stop: Callable[[str], bool] | None = None) -> None:

@@ -11,6 +11,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import msgspec
 
+from ..aio import raise_if_cancelling
 from ..content import Message, TextBlock
 from ..errors import ErrorType, GatewayError
 from ..events import Event
@@ -171,6 +172,7 @@ async def send_with_retries(
         try:
             response = await send()
         except retry_on:
+            raise_if_cancelling()
             if attempt >= retries:
                 raise
             await asyncio.sleep(retry_delay(attempt, {}))

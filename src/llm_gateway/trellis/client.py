@@ -9,6 +9,7 @@ from urllib.parse import quote
 import httpx
 import msgspec
 
+from ..aio import raise_if_cancelling
 from ..errors import GatewayError
 
 # PiAPI's task ids are UUIDs; anything else is refused before it reaches PiAPI's URL (``..`` would climb it).
@@ -53,8 +54,10 @@ class PiAPIClient:
         try:
             response = await self._http.request(method, path, headers={"content-type": "application/json"}, **kwargs)
         except httpx.TimeoutException:
+            raise_if_cancelling()
             raise GatewayError("upstream_timeout", "PiAPI did not answer in time") from None
         except httpx.HTTPError as exc:
+            raise_if_cancelling()
             raise GatewayError("upstream_error", f"PiAPI unreachable: {type(exc).__name__}") from None
         if response.status_code >= 500:
             raise GatewayError("upstream_error", f"PiAPI answered {response.status_code}")

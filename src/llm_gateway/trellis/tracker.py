@@ -52,6 +52,7 @@ class TrellisTracker:
         self._watchers: dict[str, int] = {}
         self._loop: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._stopping = False
 
     @property
     def lease_seconds(self) -> float:
@@ -66,7 +67,11 @@ class TrellisTracker:
         self._loop = asyncio.create_task(self._offer_loop(), name="trellis-tracker")
 
     async def stop(self) -> None:
-        await cancel_and_wait(self._loop, *self._pollers.values())
+        # The offer loop first: it starts the pollers, so none starts after they are cancelled. The flag ends
+        # the loops even where a cancellation was swallowed on the way (see aio.raise_if_cancelling).
+        self._stopping = True
+        await cancel_and_wait(self._loop)
+        await cancel_and_wait(*self._pollers.values())
 
     # --- entry points for the routes -------------------------------------------------------------------
 
@@ -143,7 +148,7 @@ class TrellisTracker:
     # --- the polling ---------------------------------------------------------------------------------------
 
     async def _offer_loop(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 await self._offer()
             except Exception as exc:  # the store may be down for a while: keep offering
@@ -161,7 +166,7 @@ class TrellisTracker:
             lease = Lease(
                 self.store, keys.trellis_poller(task_id), ttl=self.lease_seconds, token=self.replica_id.encode()
             )
-            if await lease.take():
+            if not self._stopping and await lease.take():
                 self._pollers[task_id] = asyncio.create_task(self._poll(task_id, lease), name=f"trellis-poll-{task_id}")
 
     async def _poll(self, task_id: str, lease: Lease) -> None:
@@ -177,7 +182,7 @@ class TrellisTracker:
 
     async def _poll_held(self, task_id: str, lease: Lease) -> None:
         delay = self.interval
-        while not lease.lost:
+        while not (lease.lost or self._stopping):
             info = await self.store.get_task(log_id(task_id))
             if info is not None and info.finished:
                 break
