@@ -6,14 +6,16 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anthropic._streaming
+import openai._streaming
 import pytest
 from starlette.requests import Request
 from starlette.types import Message
 
 from llm_gateway.aio import Release
-from llm_gateway.dialects import NativeDialect
+from llm_gateway.dialects import DIALECTS, NativeDialect
 from llm_gateway.errors import InvalidRequest
-from llm_gateway.events import Start, Text
+from llm_gateway.events import Complete, Start, Text, TokenUsage
 from llm_gateway.sse import EventStreamResponse, aclose, frames, resume_point
 from llm_gateway.store.memory import MemoryStore
 
@@ -91,7 +93,7 @@ async def test_keepalive_comments_while_the_log_is_idle() -> None:
     await aclose(stream)
     assert got[0] == b": connected\n\n"
     assert got[1].startswith(b"event: start\nid: ")
-    assert got[2:4] == [b": keep-alive\n\n"] * 2
+    assert got[2:4] == [b": keep-alive\n"] * 2
     assert got[4].startswith(b"event: chunk\nid: ") and got[4].endswith(b'data: {"chunk":"a\\nb"}\n\n')
 
 
@@ -110,3 +112,29 @@ def test_a_malformed_resume_point_is_a_400_naming_the_field(headers: list[tuple[
 def test_a_resume_point_is_stripped() -> None:
     request = Request({**SCOPE, "headers": [(b"last-event-id", b" 17-2 ")], "query_string": b""})
     assert resume_point(request) == "17-2"
+
+
+@pytest.mark.parametrize("dialect", sorted(DIALECTS))
+@pytest.mark.parametrize("decoder", [openai._streaming.SSEDecoder, anthropic._streaming.SSEDecoder])
+async def test_keepalives_are_invisible_to_the_sdks_parsers(dialect: str, decoder: type[Any]) -> None:
+    """Both SDKs' parsers dispatch an event at every blank line once the stream has sent an id (openai's then
+    fails to decode its empty data as JSON): a keep-alive must change nothing they see."""
+    store = MemoryStore()
+    await store.create_task("t", fingerprint="", model="m", lease_seconds=5)
+    await store.start_task("t", owner="r", lease_seconds=5, event=Start("t", "m"))
+    stream = frames(store, "t", None, DIALECTS[dialect]("t", ""), heartbeat=0.05)
+    chunks = [await anext(stream) for _ in range(4)]
+    await store.append("t", [Text(0, "hello")], owner="r")
+    chunks.append(await anext(stream))
+    chunks.append(await anext(stream))  # one more keep-alive
+    await store.finish("t", Complete("hello", "end_turn", TokenUsage(1, 1), "m"))
+    chunks.extend([chunk async for chunk in stream])
+    keepalives = [chunk for chunk in chunks if chunk.startswith(b": keep-alive")]
+    assert len(keepalives) >= 3
+
+    def parsed(parts: list[bytes]) -> list[tuple[str | None, str]]:
+        return [(sse.event, sse.data) for sse in decoder().iter_bytes(iter(parts))]
+
+    seen = parsed(chunks)
+    assert seen == parsed([chunk for chunk in chunks if chunk not in keepalives])
+    assert all(data for _, data in seen), seen

@@ -17,13 +17,16 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import anthropic
 import httpx
+import openai
 import pytest
 
 from llm_gateway.emulator import emulated_text
 from tests.conftest import redis_server_binary
 from tests.servers import free_port, replica_process
 from tests.sse_client import Frame, frames
+from tests.test_anthropic_api import MODEL
 from tests.test_replicas import assert_ids_strictly_increase, chunk_text
 
 STREAMS = 10
@@ -278,3 +281,53 @@ async def test_redis_down_past_the_grace_ends_every_stream_unavailable(
     assert refused.status_code == 503 and refused.json()["type"] == "unavailable" and refused.headers["retry-after"]
     assert statuses == [200] * REQUESTS_AFTER
     gateways.assert_outage_logged_once()
+
+
+async def test_sdk_streams_end_with_their_own_error_when_the_store_is_gone(
+    replica_env: dict[str, str], own_redis: OwnRedis, tmp_path: Path
+) -> None:
+    """The drop-in APIs' live streams, read by the official SDKs: the text up to the outage, then the SDK's own
+    error from the dialect's error frame (retryable) — not a cut connection."""
+    grace = 4
+    prompt = "sdk outage [emu:deltas=300] [emu:delay_ms=50]"
+    async with cluster(outage_env(replica_env, own_redis, STORE_OUTAGE_GRACE=str(grace)), tmp_path) as gateways:
+        url = gateways.urls[0]
+        claude = anthropic.AsyncAnthropic(base_url=url, api_key="k", max_retries=0)
+        gpt = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="k", max_retries=0)
+        async with claude, gpt:
+            claude_stream = await claude.messages.create(
+                model=MODEL, max_tokens=1024, messages=[{"role": "user", "content": prompt}], stream=True
+            )
+            gpt_stream = await gpt.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": prompt}], stream=True
+            )
+            claude_text: list[str] = []
+            gpt_text: list[str] = []
+
+            async def read_claude() -> None:
+                async for event in claude_stream:
+                    if event.type == "content_block_delta" and event.delta.type == "text_delta":
+                        claude_text.append(event.delta.text)
+
+            async def read_gpt() -> None:
+                async for chunk in gpt_stream:
+                    if chunk.choices and chunk.choices[0].delta.content:
+                        gpt_text.append(chunk.choices[0].delta.content)
+
+            readers = [asyncio.create_task(read_claude()), asyncio.create_task(read_gpt())]
+            async with asyncio.timeout(10):
+                while len(claude_text) < 3 or len(gpt_text) < 3:
+                    await asyncio.sleep(0.05)
+            await own_redis.kill()
+            try:
+                async with asyncio.timeout(grace + 4):
+                    results = await asyncio.gather(*readers, return_exceptions=True)
+            finally:
+                await own_redis.start()
+    claude_error, gpt_error = results
+    assert isinstance(claude_error, anthropic.APIStatusError), repr(claude_error)
+    assert claude_error.body["error"]["type"] == "overloaded_error", claude_error.body  # type: ignore[index]
+    assert isinstance(gpt_error, openai.APIError) and not isinstance(gpt_error, openai.APIConnectionError), gpt_error
+    assert gpt_error.code == "unavailable" and gpt_error.body["retryable"] is True, gpt_error.body  # type: ignore[index]
+    expected = emulated_text(prompt, 300)
+    assert expected.startswith("".join(claude_text)) and expected.startswith("".join(gpt_text)), "a gap or a repeat"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -13,13 +13,20 @@ from starlette.types import Receive, Scope, Send
 from .aio import Release, cancel_and_wait
 from .dialects import DIALECTS, Dialect
 from .errors import GatewayError, InvalidRequest
-from .events import Error
+from .events import Error, Start
 from .metrics import STREAMS
 from .state import Gateway
-from .store import EventLog, MalformedEventId, format_event_id, parse_event_id
+from .store import EventBatch, EventLog, MalformedEventId, format_event_id, parse_event_id
+from .tasks import failure
 from .tenants import public
 
 KEEPALIVE_SECONDS = 15.0
+# A comment line with no blank line after it: the openai and anthropic SDKs' parsers dispatch an event with
+# empty data at every blank line once a stream has sent an id (openai's then fails decoding it as JSON).
+KEEPALIVE = b": keep-alive\n"
+# How long a drop-in SDK stream waits for the task's first output before its headers go out anyway
+# (open_at_first_output).
+FIRST_OUTPUT_WAIT = 10.0
 # A released stream's last field: come back in half a second, when the stopping replica has closed its
 # listener and the load balancer sends the client elsewhere.
 RELEASED = b"retry: 500\n\n"
@@ -76,28 +83,77 @@ def pick_dialect(request: Request, default: str, task_id: str, thread_id: str = 
     return factory(public(task_id), thread_id)
 
 
+class Opening(NamedTuple):
+    """A task's log followed up to its first output: the events so far, and the follow to go on with."""
+
+    events: EventBatch
+    rest: AsyncIterator[EventBatch]
+
+
+async def open_at_first_output(store: EventLog, task_id: str, *, wait: float = FIRST_OUTPUT_WAIT) -> Opening:
+    """Follow the task's log to its first output (an event after ``start``) or for ``wait`` seconds without one;
+    raise that output if it is the task's error. Until then a failure (the upstream's 429 or 529, the
+    commonest) is an HTTP error, the only kind the SDKs raise their own classes for; after it, a frame."""
+    batches = store.follow(task_id, heartbeat=wait)
+    events: EventBatch = []
+    try:
+        async for batch in batches:
+            events.extend(batch)
+            if not batch or any(not isinstance(event, Start) for _, event in batch):
+                break  # an empty batch: nothing for ``wait``, start the stream anyway
+        first = next((event for _, event in events if not isinstance(event, Start)), None)
+        if isinstance(first, Error):
+            raise failure(first)
+    except BaseException:
+        await aclose(batches)
+        raise
+    return Opening(events, batches)
+
+
 async def frames(
-    store: EventLog, task_id: str, after: str | None, dialect: Dialect, *, heartbeat: float = KEEPALIVE_SECONDS
+    store: EventLog,
+    task_id: str,
+    after: str | None,
+    dialect: Dialect,
+    *,
+    heartbeat: float = KEEPALIVE_SECONDS,
+    opening: Opening | None = None,
 ) -> AsyncIterator[bytes]:
+    """The task's log after ``after`` in ``dialect``, live; or what ``opening`` has followed, then the rest."""
     # An early comment flushes headers through buffering proxies before the first token.
     yield b": connected\n\n"
     last = after
+    batches: AsyncIterator[EventBatch] | None = None
     try:
-        if after is not None and dialect.stateful:
-            end = parse_event_id(after)
-            for event_id, event in await store.read(task_id):
-                if parse_event_id(event_id) > end:
-                    break
-                dialect.render(event_id, event)  # rebuild its state; the client has these already
-        async for batch in store.follow(task_id, after, heartbeat=heartbeat):
+        if opening is not None:
+            batches = opening.rest
+            if opening.events:
+                last = opening.events[-1][0]
+                yield _render(dialect, opening.events)
+        else:
+            if after is not None and dialect.stateful:
+                end = parse_event_id(after)
+                for event_id, event in await store.read(task_id):
+                    if parse_event_id(event_id) > end:
+                        break
+                    dialect.render(event_id, event)  # rebuild its state; the client has these already
+            batches = store.follow(task_id, after, heartbeat=heartbeat)
+        async for batch in batches:
             if batch:
                 last = batch[-1][0]
-                yield b"".join([dialect.render(event_id, event) for event_id, event in batch])
+                yield _render(dialect, batch)
             else:
-                yield b": keep-alive\n\n"
+                yield KEEPALIVE
     except GatewayError as exc:  # the store failed us: end with the dialect's error frame, not a cut response
         error = Error(exc.type, exc.message, exc.retryable, exc.retry_after)
         yield dialect.render(last or format_event_id((0, 0)), error)
+    finally:
+        if batches is not None:
+            await aclose(batches)
+
+
+def _render(dialect: Dialect, batch: EventBatch) -> bytes:
+    return b"".join([dialect.render(event_id, event) for event_id, event in batch])
 
 
 class EventStreamResponse(Response):

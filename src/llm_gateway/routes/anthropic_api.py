@@ -8,8 +8,6 @@ and ``anthropic_errors.AnthropicErrors`` rewrites them, so the key middleware's 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
@@ -18,20 +16,12 @@ from ..anthropic_errors import AnthropicErrorBody
 from ..bodies_anthropic import MessageCountTokensParams, MessageCreateParams, from_anthropic
 from ..dialects_anthropic import AnthropicDialect, AnthropicMessage, message_of
 from ..errors import GatewayError, InvalidRequest
-from ..events import Error, Start
 from ..http import JSONResponse, LeanRoute, error_response, read_json
 from ..openapi import doc
 from ..providers import TokenCounter
-from ..sse import aclose, event_stream
+from ..sse import event_stream, frames, open_at_first_output
 from ..state import Gateway, gateway
-from ..store import EventBatch
-from ..tasks import failure
 from ..tenants import public, tenant_of
-
-# How long a stream's answer waits for the first output before its headers go out anyway. Until then a failure
-# (a 429 or 529 upstream, the commonest) is still an HTTP error, the only kind the SDKs raise their classes for;
-# after it, failures arrive in the stream, as they do from Claude.
-FIRST_OUTPUT_WAIT = 10.0
 
 
 class TokenCount(msgspec.Struct):
@@ -66,36 +56,9 @@ async def messages(request: Request) -> Response:
 
 async def _stream(gw: Gateway, task_id: str) -> Response:
     """The task in the ``anthropic`` dialect, from its first output on; a failure before that is raised."""
-    batches = gw.store.follow(task_id, heartbeat=FIRST_OUTPUT_WAIT)
-    opening: EventBatch = []
-    try:
-        async for batch in batches:
-            if not batch:
-                break  # nothing for FIRST_OUTPUT_WAIT: start the stream anyway
-            opening.extend(batch)
-            if any(not isinstance(event, Start) for _, event in batch):
-                break
-        first = next((event for _, event in opening if not isinstance(event, Start)), None)
-        if isinstance(first, Error):
-            raise failure(first)
-    except BaseException:
-        await aclose(batches)
-        raise
-    return event_stream(_frames(AnthropicDialect(public(task_id)), opening, batches), task_id, gw.released)
-
-
-async def _frames(
-    dialect: AnthropicDialect, opening: EventBatch, batches: AsyncIterator[EventBatch]
-) -> AsyncIterator[bytes]:
-    try:
-        yield b"".join([dialect.render(event_id, event) for event_id, event in opening])
-        async for batch in batches:
-            if batch:
-                yield b"".join([dialect.render(event_id, event) for event_id, event in batch])
-            else:
-                yield b": keep-alive\n\n"
-    finally:
-        await aclose(batches)
+    opening = await open_at_first_output(gw.store, task_id)
+    dialect = AnthropicDialect(public(task_id))
+    return event_stream(frames(gw.store, task_id, None, dialect, opening=opening), task_id, gw.released)
 
 
 @doc(

@@ -1,9 +1,9 @@
 """OpenAI's API, drop-in (API.md §4): chat completions as tasks, and the model list in the caller's shape.
 
-A streamed completion answers once its task has produced something: a failure before the first token
-(the upstream's 429, say) is then an HTTP error the SDK raises as its own class, as OpenAI's API does,
-rather than an error chunk after a 200. Errors here are in OpenAI's shape (``errors_wire``) and carry
-``X-Task-Id`` when a task was made.
+A streamed completion answers once its task has produced something (or after ``sse.FIRST_OUTPUT_WAIT``): a
+failure before the first token (the upstream's 429, say) is then an HTTP error the SDK raises as its own class,
+as OpenAI's API does, rather than an error chunk after a 200. Errors here are in OpenAI's shape
+(``errors_wire``) and carry ``X-Task-Id`` when a task was made.
 """
 
 from __future__ import annotations
@@ -16,11 +16,10 @@ from ..catalog import OpenAIModel, OpenAIModelList, anthropic_models, openai_mod
 from ..dialects_openai import ChatCompletion, OpenAIDialect, chat_completion
 from ..errors import GatewayError, NotFound
 from ..errors_wire import OpenAIErrorBody, header, openai_error_response
-from ..events import Complete, Error, Text, ToolCall
 from ..http import JSONResponse, LeanRoute, read_json
 from ..openapi import doc
-from ..sse import event_stream, frames
-from ..state import Gateway, gateway
+from ..sse import event_stream, frames, open_at_first_output
+from ..state import gateway
 from ..tenants import public, tenant_of
 
 
@@ -41,24 +40,15 @@ async def chat_completions(request: Request) -> Response:
     task_id = public(info.task_id)
     try:
         if body.stream:
-            await _first_output(gw, info.task_id)
+            opening = await open_at_first_output(gw.store, info.task_id)
             dialect = OpenAIDialect(task_id, include_usage=body.include_usage)
-            return event_stream(frames(gw.store, info.task_id, None, dialect), info.task_id, gw.released)
+            stream = frames(gw.store, info.task_id, None, dialect, opening=opening)
+            return event_stream(stream, info.task_id, gw.released)
         complete = await gw.runner.answer(info.task_id)
         log = await gw.store.read(info.task_id)
     except GatewayError as exc:
         return openai_error_response(exc, {"X-Task-Id": task_id})
     return JSONResponse(chat_completion(task_id, complete, log), headers={"X-Task-Id": task_id})
-
-
-async def _first_output(gw: Gateway, task_id: str) -> None:
-    """Wait for the task's first text, tool call or end; raise its error if it failed before any."""
-    async for batch in gw.store.follow(task_id, heartbeat=gw.runner.lease_seconds):
-        for _, event in batch:
-            if isinstance(event, Error):
-                raise GatewayError(event.type, event.message, retry_after=event.retry_after)
-            if isinstance(event, Text | ToolCall | Complete):
-                return
 
 
 @doc(
