@@ -22,6 +22,7 @@ import redis.asyncio as redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeoutError
 
 from ..errors import StoreUnavailable
@@ -30,6 +31,7 @@ from ..keys import RedisKeys
 from .base import UNAVAILABLE, Ending, EventBatch, EventKey, LogRules, format_event_id, parse_event_id
 from .health import StoreHealth
 from .redis_fanout import COMMAND_TIMEOUT, PAGE, Fanout, command, decode_entries, text
+from .redis_lean import LeanRedis
 from .redis_scripts import Scripts
 
 ACTIVE_TTL = 24 * 3600  # a running task's keys outlive any generation; finished ones get STREAM_TTL_SECONDS
@@ -54,8 +56,10 @@ class RedisStore(LogRules):
         prefix: str = "llmgw:",
         stream_ttl: int = 3600,
         outage_grace: float = 30.0,
+        lean: LeanRedis | None = None,
     ) -> None:
         self._redis = client
+        self._lean = lean  # the scripts' connection, if the URL allows one (redis_lean.py); else redis-py's pool
         self._stream_ttl = stream_ttl
         self._grace = outage_grace
         self._keys = RedisKeys(prefix)
@@ -120,7 +124,8 @@ class RedisStore(LogRules):
             health_check_interval=HEALTH_CHECK_SECONDS,
         )
         client = redis.Redis.from_pool(pool)  # owns (closes) the pool
-        return cls(client, url, prefix=prefix, stream_ttl=stream_ttl, outage_grace=outage_grace)
+        lean = LeanRedis.from_url(url)
+        return cls(client, url, prefix=prefix, stream_ttl=stream_ttl, outage_grace=outage_grace, lean=lean)
 
     async def connect(self) -> None:
         """Start the live reader and the health probe. Redis need not be up: both retry, and commands fail
@@ -137,6 +142,19 @@ class RedisStore(LogRules):
         self._health.answered()
         return result
 
+    async def _script(
+        self,
+        script: AsyncScript,
+        keys: Sequence[str],
+        args: Sequence[str | bytes | int],
+        *,
+        timeout: float = COMMAND_TIMEOUT,
+    ) -> Any:
+        """Run one of the store's scripts (``self._lua``) as ``_call`` runs a command."""
+        if self._lean is None:
+            return await self._call(script(keys=keys, args=args), timeout=timeout)
+        return await self._call(self._lean.script(script, keys, args), timeout=timeout)
+
     def _runs_here(self, task_id: str) -> None:
         # Its writer hands each batch to this replica's followers: the live reads need not cover it (no wake-up,
         # no XREAD or channel) unless someone still follows it when it is released.
@@ -145,7 +163,7 @@ class RedisStore(LogRules):
     async def _create(self, info: TaskInfo, lease: int) -> TaskInfo | None:
         keys = [self._keys.task(info.task_id), *self._inline(self._index)]
         args: list[str | int] = [info.task_id, info.fingerprint, info.model, info.created_at, ACTIVE_TTL, lease]
-        reply = await self._call(self._lua.create(keys=keys, args=args))
+        reply = await self._script(self._lua.create, keys, args)
         return None if reply == 1 else _task_info(dict(zip(reply[::2], reply[1::2], strict=True)))
 
     async def get_task(self, task_id: str) -> TaskInfo | None:
@@ -163,7 +181,7 @@ class RedisStore(LogRules):
             ACTIVE_TTL,
             self._channel(task_id),
         ]
-        reply = await self._call(self._lua.start(keys=keys, args=args))
+        reply = await self._script(self._lua.start, keys, args)
         if reply is None:
             return None
         event_id = text(reply)
@@ -174,7 +192,7 @@ class RedisStore(LogRules):
     async def _append(self, task_id: str, events: Sequence[Event], owner: str, offset: int | None) -> list[str] | None:
         keys = [self._keys.task(task_id), self._keys.events(task_id)]
         args = [owner, "" if offset is None else offset, self._channel(task_id), *map(encode_event, events)]
-        ids = await self._call(self._lua.append(keys=keys, args=args))
+        ids = await self._script(self._lua.append, keys, args)
         if ids is None:
             return None
         batch = [(text(event_id), event) for event_id, event in zip(ids, events, strict=True)]
@@ -200,14 +218,14 @@ class RedisStore(LogRules):
             "1" if only_if_lapsed else "",
             self._channel(task_id),
         ]
-        reply = await self._call(self._lua.finish(keys=keys, args=args))
+        reply = await self._script(self._lua.finish, keys, args)
         if wrote_end(reply):
             self._fanout.deliver(keys[1], [(text(reply), end.event)])
         return reply
 
     async def _lapsed(self) -> list[str]:
         indexes = [self._keys.leases(shard) for shard in range(self.LEASE_SHARDS)]
-        found = await asyncio.gather(*(self._call(self._lua.lapsed(keys=[index])) for index in indexes))
+        found = await asyncio.gather(*(self._script(self._lua.lapsed, [index], []) for index in indexes))
         self._due = {text(task_id): index for index, due in zip(indexes, found, strict=True) for task_id in due}
         return list(self._due)
 
@@ -219,9 +237,9 @@ class RedisStore(LogRules):
         if not task_ids and not ended:
             return []
         index_args: list[str | int] = [lease, len(ended), *ended, *task_ids]
-        renew_index = self._call(self._lua.renew_index(keys=[self._index], args=index_args))
+        renew_index = self._script(self._lua.renew_index, [self._index], index_args)
         renew = (
-            self._call(self._lua.renew(keys=[self._keys.task(task_id) for task_id in group], args=[lease, *group]))
+            self._script(self._lua.renew, [self._keys.task(task_id) for task_id in group], [lease, *group])
             for group in self._groups(task_ids)
         )
         _, *cancelled = await asyncio.gather(renew_index, *renew)
@@ -327,7 +345,7 @@ class RedisStore(LogRules):
         """The events after ``last``; when there are none, the task's status too (None: gone). One script."""
         start = "-" if last == (0, 0) else f"({format_event_id(last)}"
         keys = [self._keys.task(task_id), key]
-        page, status = await self._call(self._lua.look(keys=keys, args=[start, PAGE]))
+        page, status = await self._script(self._lua.look, keys, [start, PAGE])
         entries = [(entry_id, dict(zip(fields[::2], fields[1::2], strict=True))) for entry_id, fields in page]
         return decode_entries(entries), None if status is None else text(status)
 
@@ -336,7 +354,7 @@ class RedisStore(LogRules):
         return max(time.monotonic() - failing_since, self._health.silent_for() or 0.0)
 
     async def request_cancel(self, task_id: str) -> None:
-        await self._call(self._lua.request_cancel(keys=[self._keys.task(task_id)], args=[task_id, self._keys.cancel]))
+        await self._script(self._lua.request_cancel, [self._keys.task(task_id)], [task_id, self._keys.cancel])
 
     async def cancel_requests(self) -> AsyncIterator[str]:
         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
@@ -361,20 +379,20 @@ class RedisStore(LogRules):
         return bool(await self._call(self._redis.set(self._keys.value(key), value, px=_ms(ttl), nx=True)))
 
     async def refresh_value(self, key: str, value: bytes, *, ttl: float) -> bool:
-        return bool(await self._call(self._lua.refresh_if(keys=[self._keys.value(key)], args=[value, _ms(ttl)])))
+        return bool(await self._script(self._lua.refresh_if, [self._keys.value(key)], [value, _ms(ttl)]))
 
     async def delete_value(self, key: str, *, if_equals: bytes | None = None) -> None:
         if if_equals is None:
             await self._call(self._redis.delete(self._keys.value(key)))
         else:
-            await self._call(self._lua.delete_if(keys=[self._keys.value(key)], args=[if_equals]))
+            await self._script(self._lua.delete_if, [self._keys.value(key)], [if_equals])
 
     async def count_in_window(self, key: str, *, ttl: float) -> int:
-        return int(await self._call(self._lua.count_in_window(keys=[self._keys.value(key)], args=[_ms(ttl)])))
+        return int(await self._script(self._lua.count_in_window, [self._keys.value(key)], [_ms(ttl)]))
 
     async def claim_slot(self, key: str, member: str, *, limit: int, ttl: float) -> bool:
         args: list[str | int] = [member, limit, _ms(ttl)]
-        return bool(await self._call(self._lua.claim_slot(keys=[self._keys.value(key)], args=args)))
+        return bool(await self._script(self._lua.claim_slot, [self._keys.value(key)], args))
 
     async def release_slot(self, key: str, member: str) -> None:
         await self._call(self._redis.zrem(self._keys.value(key), member))
@@ -392,6 +410,8 @@ class RedisStore(LogRules):
     async def close(self) -> None:
         await self._health.stop()
         await self._fanout.stop()
+        if self._lean is not None:
+            await self._lean.close()
         await self._redis.aclose()
 
 

@@ -105,14 +105,14 @@ class RedisClusterStore(RedisStore):
 
     async def _create(self, info: TaskInfo, lease: int) -> TaskInfo | None:
         if lease >= 0:
-            await self._call(self._lua.lease(keys=[self._index], args=[lease, info.task_id, ""]))
+            await self._script(self._lua.lease, [self._index], [lease, info.task_id, ""])
         return await super()._create(info, lease)
 
     async def _start(self, task_id: str, owner: str, lease: int, event: Event, at: str) -> str | None:
         started = super()._start(task_id, owner, lease, event, at)
         if lease < 0:
             return await started
-        touch = self._call(self._lua.lease(keys=[self._index], args=[lease, task_id, "XX"]))
+        touch = self._script(self._lua.lease, [self._index], [lease, task_id, "XX"])
         event_id, _ = await asyncio.gather(started, touch)
         return event_id
 
@@ -142,7 +142,7 @@ class RedisClusterStore(RedisStore):
         return list(by_slot.values())
 
     async def request_cancel(self, task_id: str) -> None:
-        await self._call(self._lua.request_cancel(keys=[self._keys.task(task_id)], args=[task_id, ""]))
+        await self._script(self._lua.request_cancel, [self._keys.task(task_id)], [task_id, ""])
 
     async def cancel_requests(self) -> AsyncIterator[str]:
         # Nothing pushed: the owner reads the flag at its next renewal (see the module's docstring).
