@@ -6,6 +6,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -57,9 +58,10 @@ def spawn(
 
 
 def gateway_command() -> list[str]:
-    """The gateway's own entry point: the package this checkout's venv (or PYTHONPATH) imports."""
+    """The gateway's own entry point: the package this checkout's venv imports, else this interpreter's (a
+    ``git worktree`` without a venv of its own, run with PYTHONPATH=its src)."""
     python = ROOT / ".venv" / "bin" / "python"
-    return [str(python if python.exists() else "python3"), "-m", "llm_gateway"]
+    return [str(python if python.exists() else sys.executable), "-m", "llm_gateway"]
 
 
 def redis_server_binary() -> str:

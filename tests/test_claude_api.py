@@ -206,6 +206,7 @@ async def test_queue_with_client_task_id_is_idempotent(gateway: str, emulator: E
         bad_id = await client.post("/api/claude/queue", json={**body, "task_id": "no spaces"})
         replay = await read_all(client, "/api/claude/subscribe/my-task.01:a_b")
     assert first.status_code == 202 and first.json()["task_id"] == "my-task.01:a_b"
+    assert first.json()["status"] == "running", "created started: a task that starts at once is running"
     assert again.status_code == 202 and again.json()["task_id"] == "my-task.01:a_b"
     assert other.status_code == 409 and other.json()["type"] == "conflict"
     assert bad_id.status_code == 422 and bad_id.json()["detail"][0]["loc"] == ["body", "task_id"]

@@ -11,7 +11,7 @@ from unittest.mock import ANY
 import pytest
 
 from llm_gateway.emulator import emulated_deltas
-from llm_gateway.events import Complete, Error, Event, Start, Text, TokenUsage
+from llm_gateway.events import Complete, Error, Event, Start, TaskInfo, Text, TokenUsage
 from llm_gateway.sse import aclose
 from llm_gateway.store import EventBatch, MalformedEventId, Store, TaskEnded, memory, parse_event_id
 from llm_gateway.store.base import INTERRUPTED, UNAVAILABLE
@@ -103,6 +103,68 @@ async def test_a_start_tried_again_by_its_owner_answers_the_same_id(store: Store
     assert await store.start_task("t1", owner="r1", lease_seconds=5, event=Start("t1", "m")) == first
     assert await store.start_task("t1", owner="r2", lease_seconds=5, event=Start("t1", "m")) == ""
     assert [e for _, e in await store.read("t1")] == [Start("t1", "m")]
+
+
+async def created_started(store: Store, task_id: str = "t1", *, lease_seconds: float = 5) -> tuple[TaskInfo, bool]:
+    """``started`` in one step."""
+    first = Start(task_id, "m")
+    return await store.create_task(
+        task_id, fingerprint="f", model="m", lease_seconds=lease_seconds, owner="r1", first=first
+    )
+
+
+async def test_a_task_created_started_runs_on_its_owner_from_its_first_event(store: Store) -> None:
+    info, created = await created_started(store)
+    assert created and (info.task_id, info.status, info.owner) == ("t1", "running", "r1")
+    stored = await store.get_task("t1")
+    assert stored is not None and (stored.status, stored.owner, stored.fingerprint) == ("running", "r1", "f")
+    [(first, event)] = await store.read("t1")
+    assert event == Start("t1", "m") and await store.last_event_id("t1") == first
+    follower = asyncio.create_task(collect(store, "t1"))
+    await asyncio.sleep(0.05)
+    with pytest.raises(TaskEnded):
+        await store.append("t1", [Text(0, "x")], owner="r2")
+    last = await store.append("t1", [Text(0, "a")], owner="r1", offset=0)  # the owner appends right after
+    assert await store.finish("t1", DONE)
+    events = await follower
+    assert events == [(first, Start("t1", "m")), (last, Text(0, "a")), (ANY, DONE)]
+    assert await store.read("t1") == events
+
+
+async def test_creating_started_leaves_an_existing_task_as_it_is(store: Store) -> None:
+    """Idempotent: another replica's queued task stays queued (not taken over); a running one keeps its owner."""
+    await store.create_task("t1", fingerprint="f", model="m", lease_seconds=5)
+    again = Start("t1", "again")
+    info, created = await store.create_task("t1", fingerprint="g", model="m", lease_seconds=5, owner="r2", first=again)
+    assert not created and (info.status, info.owner, info.fingerprint) == ("queued", "", "f")
+    assert (await store.get_task("t1")).status == "queued"  # type: ignore[union-attr]
+    assert await store.read("t1") == []
+    with pytest.raises(TaskEnded):
+        await store.append("t1", [Text(0, "x")], owner="r2")
+    assert await store.start_task("t1", owner="r1", lease_seconds=5, event=Start("t1", "m")), "its replica starts it"
+
+    await created_started(store, "t2")
+    info, created = await store.create_task("t2", fingerprint="g", model="m", lease_seconds=5, owner="r2", first=again)
+    assert not created and (info.status, info.owner) == ("running", "r1")
+    assert [e for _, e in await store.read("t2")] == [Start("t2", "m")]
+    with pytest.raises(TypeError):
+        await store.create_task("t3", fingerprint="f", model="m", lease_seconds=5, owner="r1")
+    assert await store.get_task("t3") is None
+
+
+async def test_a_task_created_started_ends_interrupted_once_its_lease_lapses(store: Store) -> None:
+    # Leases of a second, as in test_lapsed_lease_ends_interrupted: a loaded machine cannot lapse them early.
+    await created_started(store, "t1", lease_seconds=1.0)
+    await created_started(store, "t2", lease_seconds=1.0)
+    assert await store.interrupt_lapsed() == []
+    await store.renew_leases(["t2"], owner="r1", lease_seconds=5)
+    await asyncio.sleep(1.1)
+    assert await store.interrupt_lapsed() == ["t1"]
+    assert [e for _, e in await store.read("t1")] == [Start("t1", "m"), INTERRUPTED]
+    assert (await store.get_task("t1")).status == "interrupted"  # type: ignore[union-attr]
+    with pytest.raises(TaskEnded):
+        await store.append("t1", [Text(0, "late")], owner="r1")
+    assert (await store.get_task("t2")).status == "running"  # type: ignore[union-attr]
 
 
 async def test_both_backends_end_a_lapsed_task_with_the_same_event(store: Store) -> None:
@@ -325,6 +387,30 @@ async def test_redis_follow_across_replicas_and_after_the_writer_stops(engine_ur
         assert [e for _, e in await on_a] == expected
         assert [e for _, e in await on_b] == expected
         assert [e for _, e in await late_a] == [Start("t2", "m"), Text(0, "w"), DONE]
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_redis_a_task_created_started_is_followed_on_its_replica_and_another(engine_url: str) -> None:
+    from llm_gateway.store.redis import RedisStore
+
+    a = RedisStore.from_url(engine_url, prefix="cstart:")
+    b = RedisStore.from_url(engine_url, prefix="cstart:")
+    await a.connect()
+    await b.connect()
+    try:
+        first = Start("t1", "m")
+        await a.create_task("t1", fingerprint="f", model="m", lease_seconds=5, runs_here=True, owner="r1", first=first)
+        on_a, on_b = asyncio.create_task(collect(a, "t1")), asyncio.create_task(collect(b, "t1"))
+        await asyncio.sleep(0.05)
+        for piece in "xy":
+            await a.append("t1", [Text(0, piece)], owner="r1")
+        await a.finish("t1", DONE)
+        await a.release("t1")
+        expected = [first, Text(0, "x"), Text(0, "y"), DONE]
+        assert [e for _, e in await on_a] == expected
+        assert [e for _, e in await on_b] == expected
     finally:
         await a.close()
         await b.close()

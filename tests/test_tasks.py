@@ -59,6 +59,19 @@ async def test_a_second_cancel_while_finishing_does_not_lose_the_terminal_event(
     assert final is not None and final.status == "cancelled"
 
 
+async def test_a_submitted_task_is_running_with_its_start_at_once(runner: TaskRunner) -> None:
+    """Created and started in one step, in the request: a cancel that comes at once ends it like any running task."""
+    info, created = await runner.submit(None, request("slow [emu:deltas=500] [emu:delay_ms=10]"), message_id="m-1")
+    assert created and info.status == "running" and info.owner == runner.replica_id
+    start = (await runner.store.read(info.task_id))[0][1]
+    assert isinstance(start, Start) and start.message_id == "m-1"
+    await runner.cancel(info.task_id)
+    async with asyncio.timeout(5):
+        terminal = await runner.wait(info.task_id)
+    assert isinstance(terminal, Error) and terminal.type == "cancelled"
+    assert (await runner.store.get_task(info.task_id)).status == "cancelled"  # type: ignore[union-attr]
+
+
 async def test_a_task_ended_elsewhere_stops_generating(runner: TaskRunner, redis_url: str) -> None:
     info, _ = await runner.submit(None, request("long [emu:deltas=500] [emu:delay_ms=10]"))
     await until_running(runner, info.task_id)

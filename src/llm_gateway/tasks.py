@@ -202,9 +202,10 @@ class TaskRunner:
         if len(self._running) + self._reserved >= self.max_concurrent:
             raise GatewayError("unavailable", "too many generations running on this replica", retry_after=1)
         task_id = scoped(tenant, task_id or new_task_id())
+        start = Start(public(task_id), request.model, thread_id, message_id)
         self._reserved += 1
         try:
-            info, created = await self._create(task_id, request)
+            info, created = await self._create(task_id, request, start)
         finally:
             self._reserved -= 1
         if not created:
@@ -212,15 +213,15 @@ class TaskRunner:
                 raise Conflict(f"task {public(task_id)} exists with a different request")
             return info, False
         upstream = msgspec.structs.replace(request, model=upstream_model)
-        start = Start(public(task_id), request.model, thread_id, message_id)
-        generation = self._generate(task_id, start, provider, upstream, on_end)
+        generation = self._generate(task_id, request.model, provider, upstream, on_end)
         task = asyncio.create_task(generation, name=f"task-{task_id}")
         self._running[task_id] = task
         task.add_done_callback(lambda _: self._running.pop(task_id, None))
         return info, True
 
-    async def _create(self, task_id: str, request: GenerationRequest) -> tuple[TaskInfo, bool]:
-        """The task, created unless it exists; a new one takes one of its tenant's slots (429 if none is free)."""
+    async def _create(self, task_id: str, request: GenerationRequest, start: Start) -> tuple[TaskInfo, bool]:
+        """The task, created running here with ``start`` its first event unless it exists; a new one takes one
+        of its tenant's slots (429 if none is free)."""
         create = functools.partial(
             self.store.create_task,
             task_id,
@@ -228,6 +229,8 @@ class TaskRunner:
             model=request.model,
             lease_seconds=self.lease_seconds,
             runs_here=True,
+            owner=self.replica_id,
+            first=start,
         )
         if self.limits is None or not self.limits.limits_concurrency:
             return await create()
@@ -300,14 +303,14 @@ class TaskRunner:
         return True
 
     async def _generate(
-        self, task_id: str, start: Start, provider: Provider, request: GenerationRequest, on_end: EndHook | None
+        self, task_id: str, model: str, provider: Provider, request: GenerationRequest, on_end: EndHook | None
     ) -> None:
         TASK_ID.set(public(task_id))  # this generation's own context: its log lines name it
         writer = LogWriter(self.store, task_id, self.replica_id, grace=self.store_grace)
         clock = GenerationClock()
         terminal: Terminal | None
         try:
-            terminal = await self._run_upstream(task_id, start, provider, request, writer, clock)
+            terminal = await self._run_upstream(model, provider, request, writer, clock)
         except GatewayError as exc:
             terminal = Error(exc.type, exc.message, exc.retryable, exc.retry_after)
         except asyncio.CancelledError:
@@ -339,24 +342,11 @@ class TaskRunner:
             log.exception("the end hook of task %s failed", task_id)
 
     async def _run_upstream(
-        self,
-        task_id: str,
-        start: Start,
-        provider: Provider,
-        request: GenerationRequest,
-        writer: LogWriter,
-        clock: GenerationClock,
+        self, model: str, provider: Provider, request: GenerationRequest, writer: LogWriter, clock: GenerationClock
     ) -> Terminal | None:
-        """Stream the answer into the log; the terminal event to write, or None if the task ended elsewhere."""
-        model = start.model
+        """Stream the answer into the log (its first event is in it since ``_create``); the terminal event to
+        write, or None if the task ended elsewhere. ``model``: the one asked for, which the answer names."""
         try:
-            started = await writer.persist(
-                functools.partial(
-                    self.store.start_task, task_id, owner=self.replica_id, lease_seconds=self.lease_seconds, event=start
-                )
-            )
-            if not started:
-                return None
             async for event in provider.stream(request):
                 if isinstance(event, Complete):
                     return msgspec.structs.replace(event, model=model)
@@ -399,7 +389,7 @@ class TaskRunner:
             log.log(quiet_level(exc), "could not store events of task %s: %s", task_id, type(exc).__name__)
             terminal = UNAVAILABLE
         if terminal is None or await self._end_log(writer, terminal):
-            return  # not started (cancelled while queued), or its log has its terminal event
+            return  # ended elsewhere, or its log has its terminal event
         # The store has no terminal event for it: this replica's own subscribers get one all the same, now; the
         # log gets the real one if the store answers within another grace (a client that tries again reads it),
         # else the lease lapses and a reaper ends it.

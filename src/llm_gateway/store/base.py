@@ -52,8 +52,9 @@ def now_iso() -> str:
 
 
 # --- the rules ----------------------------------------------------------------------------------------------
-# A task goes queued -> running -> one terminal status, or straight from queued to a terminal one. Its log
-# starts with the event that starts it and ends with the one terminal event: no event ever follows that.
+# A task goes queued -> running -> one terminal status, or straight from queued to a terminal one (a task that
+# starts at once is created running). Its log starts with the event that starts it and ends with the one terminal
+# event: no event ever follows that.
 
 
 def may_start(info: TaskInfo) -> bool:
@@ -110,11 +111,23 @@ class EventLog(Protocol):
     async def ping(self) -> None: ...
 
     async def create_task(
-        self, task_id: str, *, fingerprint: str, model: str, lease_seconds: float | None, runs_here: bool = False
+        self,
+        task_id: str,
+        *,
+        fingerprint: str,
+        model: str,
+        lease_seconds: float | None,
+        runs_here: bool = False,
+        owner: str | None = None,
+        first: Event | None = None,
     ) -> tuple[TaskInfo, bool]:
         """Create a queued task, leased like a running one (None: no lease, never reaped); if it exists,
         return it and False. ``runs_here``: this replica starts it at once and then ``release``s it, so its
-        own followers get its events from the writer, not from the live reads."""
+        own followers get its events from the writer, not from the live reads.
+
+        With ``owner`` and ``first`` (both or neither), the new task is created already started, in the same
+        atomic step: running on ``owner``, leased, ``first`` its first event (as ``start_task`` would). An
+        existing task is returned unchanged, never started."""
 
     async def get_task(self, task_id: str) -> TaskInfo | None: ...
 
@@ -215,13 +228,29 @@ class LogRules(abc.ABC):
     in_process: bool = False
 
     async def create_task(
-        self, task_id: str, *, fingerprint: str, model: str, lease_seconds: float | None, runs_here: bool = False
+        self,
+        task_id: str,
+        *,
+        fingerprint: str,
+        model: str,
+        lease_seconds: float | None,
+        runs_here: bool = False,
+        owner: str | None = None,
+        first: Event | None = None,
     ) -> tuple[TaskInfo, bool]:
+        if bool(owner) != (first is not None):
+            raise TypeError("create_task: owner and first go together")
         now = now_iso()
         info = TaskInfo(
-            task_id=task_id, status="queued", created_at=now, updated_at=now, model=model, fingerprint=fingerprint
+            task_id=task_id,
+            status="queued" if first is None else "running",
+            created_at=now,
+            updated_at=now,
+            model=model,
+            fingerprint=fingerprint,
+            owner=owner or "",
         )
-        existing = await self._create(info, lease_ms(lease_seconds))
+        existing = await self._create(info, lease_ms(lease_seconds), first)
         if existing is None and runs_here:
             self._runs_here(task_id)
         return (info, True) if existing is None else (existing, False)
@@ -262,8 +291,9 @@ class LogRules(abc.ABC):
         """This replica created the task and starts it now (``create_task(runs_here=True)``)."""
 
     @abc.abstractmethod
-    async def _create(self, info: TaskInfo, lease: int) -> TaskInfo | None:
-        """Store ``info`` with its lease (ms, -1: none) unless the task exists: then return that one."""
+    async def _create(self, info: TaskInfo, lease: int, first: Event | None) -> TaskInfo | None:
+        """Store ``info`` with its lease (ms, -1: none) unless the task exists: then return that one. With
+        ``first``, ``info`` says running on its owner, and ``first`` is appended, as ``_start`` does."""
 
     @abc.abstractmethod
     async def _start(self, task_id: str, owner: str, lease: int, event: Event, at: str) -> str | None:

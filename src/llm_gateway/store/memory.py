@@ -213,11 +213,13 @@ class MemoryStore(LogRules):
         log = self._log(task_id)
         return None if log is None else log.last_id()
 
-    async def _create(self, info: TaskInfo, lease: int) -> TaskInfo | None:
+    async def _create(self, info: TaskInfo, lease: int, first: Event | None) -> TaskInfo | None:
         log = self._log(info.task_id)
         if log is not None:
             return log.task_info()
-        self._running[info.task_id] = _Log(info, lease)
+        log = self._running[info.task_id] = _Log(info, lease)
+        if first is not None:
+            log.add(first)  # nobody follows it yet: an unknown task's followers have ended
         return None
 
     async def _start(self, task_id: str, owner: str, lease: int, event: Event, at: str) -> str | None:

@@ -160,11 +160,17 @@ class RedisStore(LogRules):
         # no XREAD or channel) unless someone still follows it when it is released.
         self._fanout.local_start(self._keys.events(task_id))
 
-    async def _create(self, info: TaskInfo, lease: int) -> TaskInfo | None:
-        keys = [self._keys.task(info.task_id), *self._inline(self._index)]
-        args: list[str | int] = [info.task_id, info.fingerprint, info.model, info.created_at, ACTIVE_TTL, lease]
+    async def _create(self, info: TaskInfo, lease: int, first: Event | None) -> TaskInfo | None:
+        task_id = info.task_id
+        keys = [self._keys.task(task_id), self._keys.events(task_id), *self._inline(self._index)]
+        args: list[str | bytes | int] = [task_id, info.fingerprint, info.model, info.created_at, ACTIVE_TTL, lease]
+        args += [info.owner, b"" if first is None else encode_event(first)]  # "": queued
         reply = await self._script(self._lua.create, keys, args)
-        return None if reply == 1 else _task_info(dict(zip(reply[::2], reply[1::2], strict=True)))
+        if isinstance(reply, list):
+            return _task_info(dict(zip(reply[::2], reply[1::2], strict=True)))
+        if first is not None:
+            self._fanout.local_start(keys[1])  # as _start; nothing to deliver: nobody follows it yet
+        return None
 
     async def get_task(self, task_id: str) -> TaskInfo | None:
         fields = await self._call(self._redis.hgetall(self._keys.task(task_id)))

@@ -103,10 +103,10 @@ class RedisClusterStore(RedisStore):
         finally:
             self._gate.release()
 
-    async def _create(self, info: TaskInfo, lease: int) -> TaskInfo | None:
+    async def _create(self, info: TaskInfo, lease: int, first: Event | None) -> TaskInfo | None:
         if lease >= 0:
             await self._script(self._lua.lease, [self._index], [lease, info.task_id, ""])
-        return await super()._create(info, lease)
+        return await super()._create(info, lease, first)
 
     async def _start(self, task_id: str, owner: str, lease: int, event: Event, at: str) -> str | None:
         started = super()._start(task_id, owner, lease, event, at)

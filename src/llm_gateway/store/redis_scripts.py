@@ -19,20 +19,28 @@ from redis.asyncio.cluster import RedisCluster
 # (``channel``, tagged as the task's keys; '' with one Redis, whose live reads are XREADs), as lines of
 # ``<id> <event JSON>`` (JSON has no raw newline).
 
-# A queued task is leased too: if its replica dies before starting it, the reaper still ends it.
-# KEYS task hash, [lease index]; ARGV id, fingerprint, model, at, ttl, lease ms (-1: none)
+# A queued task is leased too: if its replica dies before starting it, the reaper still ends it. With an owner
+# (ARGV[7]) the task is created started, as START would start it: running on the owner, its first event (ARGV[8])
+# appended; it answers that event's id, else 1. Nothing is published: nobody can follow a task before it exists
+# (a follower of an unknown task ends at once). A task that exists answers its hash, unchanged.
+# KEYS task hash, events, [lease index]; ARGV id, fingerprint, model, at, ttl, lease ms (-1: none), owner ('': none),
+# event
 CREATE = """
 if redis.call('HSETNX', KEYS[1], 'task_id', ARGV[1]) == 0 then return redis.call('HGETALL', KEYS[1]) end
-redis.call('HSET', KEYS[1], 'status', 'queued', 'created_at', ARGV[4], 'updated_at', ARGV[4],
-           'model', ARGV[3], 'fingerprint', ARGV[2])
+redis.call('HSET', KEYS[1], 'status', ARGV[7] == '' and 'queued' or 'running', 'created_at', ARGV[4],
+           'updated_at', ARGV[4], 'model', ARGV[3], 'fingerprint', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 if tonumber(ARGV[6]) >= 0 then
   local t = redis.call('TIME')
   local deadline = t[1] * 1000 + math.floor(t[2] / 1000) + tonumber(ARGV[6])
   redis.call('HSET', KEYS[1], 'lease', deadline)
-  if KEYS[2] then redis.call('ZADD', KEYS[2], deadline, ARGV[1]) end
+  if KEYS[3] then redis.call('ZADD', KEYS[3], deadline, ARGV[1]) end
 end
-return 1
+if ARGV[7] == '' then return 1 end
+redis.call('HSET', KEYS[1], 'owner', ARGV[7])
+local id = redis.call('XADD', KEYS[2], '*', 'e', ARGV[8])
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+return id
 """
 
 # Appends only while the task runs on this owner: nothing may follow a terminal event. ARGV[2], when set, is

@@ -224,11 +224,11 @@ class TrellisTracker:
 
     async def _ensure_log(self, task_id: str, data: dict[str, Any]) -> None:
         model = str(data.get("model") or "trellis")
-        _, created = await self.store.create_task(log_id(task_id), fingerprint="", model=model, lease_seconds=None)
+        first = Start(log_id(task_id), model)
+        _, created = await self.store.create_task(
+            log_id(task_id), fingerprint="", model=model, lease_seconds=None, owner=OWNER, first=first
+        )
         if created:
-            await self.store.start_task(
-                log_id(task_id), owner=OWNER, lease_seconds=None, event=Start(log_id(task_id), model)
-            )
             # Any replica may write this log (whichever polls, or gets the webhook): followers here must read
             # it from the store, not only what this replica writes.
             await self.store.release(log_id(task_id))
