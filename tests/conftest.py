@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -202,3 +204,67 @@ UPSTREAM_FAULTS = [
     ("error_midstream", 503, "upstream_overloaded", "5"),
     ("drop", 502, "upstream_error", None),
 ]
+
+
+class OwnRedis:
+    """A redis-server of the test's own, on a fixed port, to stop, kill and start again (empty)."""
+
+    def __init__(self, workdir: str) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.workdir = workdir
+        self.process: subprocess.Popen[bytes] | None = None
+
+    async def start(self) -> None:
+        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        self.process = subprocess.Popen(
+            [redis_server_binary(), *args], cwd=self.workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        async with asyncio.timeout(10):
+            while not await self._pong():
+                await asyncio.sleep(0.05)
+
+    async def _pong(self) -> bool:
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        except OSError:
+            return False
+        try:
+            writer.write(b"PING\r\n")
+            return (await reader.readline()).startswith(b"+PONG")
+        finally:
+            writer.close()
+
+    def pause(self) -> None:
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self._signal(signal.SIGCONT)
+
+    async def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+        assert self.process is not None
+        async with asyncio.timeout(10):
+            while self.process.poll() is None:
+                await asyncio.sleep(0.01)
+
+    def _signal(self, sig: signal.Signals) -> None:
+        assert self.process is not None
+        self.process.send_signal(sig)
+
+    def close(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+@pytest.fixture
+async def own_redis() -> AsyncIterator[OwnRedis]:
+    with tempfile.TemporaryDirectory(prefix="llmgw-outage-") as workdir:
+        server = OwnRedis(workdir)
+        await server.start()
+        try:
+            yield server
+        finally:
+            server.close()

@@ -4,12 +4,10 @@ in flight, and the pool's failure rules (a restarted server, a stalled one, a fo
 from __future__ import annotations
 
 import asyncio
-import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -17,9 +15,8 @@ import uvloop
 from redis.exceptions import ConnectionError as RedisConnectionError, ResponseError
 
 from llm_gateway.store.redis_lean import STALLED, LeanRedis
-from tests.conftest import redis_server_binary
+from tests.conftest import OwnRedis, redis_server_binary
 from tests.servers import free_port
-from tests.test_store_outage import OwnRedis
 
 NESTED = "return {ARGV[1], tonumber(ARGV[2]), false, {KEYS[1], 'x'}, redis.call('INCR', KEYS[1])}"
 
@@ -69,67 +66,51 @@ async def test_a_thousand_commands_in_flight_share_one_connection(lean: LeanRedi
     await admin.aclose()
 
 
-@contextmanager
-def own_redis_dir() -> Iterator[str]:
-    workdir = tempfile.mkdtemp(prefix="llmgw-lean-")
-    try:
-        yield workdir
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+@pytest.fixture
+async def own_lean(own_redis: OwnRedis) -> AsyncIterator[LeanRedis]:
+    """A client of a redis-server of the test's own, to kill, stop and start again."""
+    client = LeanRedis.from_url(own_redis.url)
+    assert client is not None
+    yield client
+    own_redis.resume()
+    await client.close()
 
 
-async def test_a_restarted_server_is_reconnected_to() -> None:
-    with own_redis_dir() as workdir:
-        server = OwnRedis(workdir)
-        await server.start()
-        lean = LeanRedis.from_url(server.url)
-        assert lean is not None
-        try:
-            await lean.call("SET", "k", "before")
-            await server.kill()
-            started = time.monotonic()
-            with pytest.raises(RedisConnectionError):
-                await lean.call("GET", "k")
-            assert time.monotonic() - started < 3, "down: told at once (after the retries), not after a timeout"
-            await server.start()
-            assert await lean.call("GET", "k") is None, "the first command after the restart succeeds (empty server)"
-        finally:
-            await lean.close()
-            server.close()
+async def test_a_restarted_server_is_reconnected_to(own_redis: OwnRedis, own_lean: LeanRedis) -> None:
+    await own_lean.call("SET", "k", "before")
+    await own_redis.kill()
+    started = time.monotonic()
+    with pytest.raises(RedisConnectionError):
+        await own_lean.call("GET", "k")
+    assert time.monotonic() - started < 3, "down: told at once (after the retries), not after a timeout"
+    await own_redis.start()
+    assert await own_lean.call("GET", "k") is None, "the first command after the restart succeeds (empty server)"
 
 
-async def test_a_stalled_connection_is_dropped_when_its_caller_gives_up() -> None:
-    with own_redis_dir() as workdir:
-        server = OwnRedis(workdir)
-        await server.start()
-        lean = LeanRedis.from_url(server.url)
-        assert lean is not None
-        try:
-            await lean.call("SET", "k", "v")
-            first = lean._connection
-            server.pause()
-            with pytest.raises(TimeoutError):
-                async with asyncio.timeout(STALLED + 0.5):
-                    await lean.call("GET", "k")
-            assert first is not None and first.lost, "a connection that answered nothing is given up"
-            server.resume()
-            assert await lean.call("GET", "k") == b"v"
-            assert lean._connection is not first
-            # A caller that gives up early, on a connection that answers, keeps it: its reply is dropped in order.
-            second = lean._connection
-            with pytest.raises(TimeoutError):
-                async with asyncio.timeout(0.05):
-                    await lean.call("BLPOP", "nothing", 0.3)
-            assert await lean.call("GET", "k") == b"v" and lean._connection is second
-        finally:
-            server.resume()
-            await lean.close()
-            server.close()
+async def test_a_stalled_connection_is_dropped_when_its_caller_gives_up(
+    own_redis: OwnRedis, own_lean: LeanRedis
+) -> None:
+    await own_lean.call("SET", "k", "v")
+    first = own_lean._connection
+    own_redis.pause()
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(STALLED + 0.5):
+            await own_lean.call("GET", "k")
+    assert first is not None and first.lost, "a connection that answered nothing is given up"
+    own_redis.resume()
+    assert await own_lean.call("GET", "k") == b"v"
+    assert own_lean._connection is not first
+    # A caller that gives up early, on a connection that answers, keeps it: its reply is dropped in order.
+    second = own_lean._connection
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.05):
+            await own_lean.call("BLPOP", "nothing", 0.3)
+    assert await own_lean.call("GET", "k") == b"v" and own_lean._connection is second
 
 
 async def test_password_and_database_from_the_url() -> None:
     port = free_port()
-    with own_redis_dir() as workdir:
+    with tempfile.TemporaryDirectory(prefix="llmgw-lean-") as workdir:
         args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--requirepass", "s3cret"]
         process = subprocess.Popen([redis_server_binary(), *args], cwd=workdir, stdout=subprocess.DEVNULL)
         try:
