@@ -686,3 +686,25 @@ async def test_redis_local_followers_get_the_terminal_event_the_store_did_not_ta
         assert (await store.get_task("t1")).status == "running"  # type: ignore[union-attr]
     finally:
         await store.close()
+
+
+async def test_redis_a_create_tried_again_after_its_answer_was_lost_answers_as_the_first(engine_url: str) -> None:
+    """A command whose connection is lost after it was written is sent again (store/redis_lean.py, redis-py's
+    pool): CREATE's second try must answer "created", or the replica would take its own new task for someone
+    else's and nobody would generate it. Another call creating the same task still gets the existing one."""
+    from llm_gateway.events import encode_event
+    from llm_gateway.store.redis import ACTIVE_TTL, RedisStore
+
+    store = RedisStore.from_url(engine_url, prefix=f"retry:{time.monotonic_ns()}:")
+    try:
+        keys = [store._keys.task("t1"), store._keys.events("t1"), *store._inline(store._index)]
+        args: list[str | bytes | int] = ["t1", "f", "m", "2026-01-01T00:00:00Z", ACTIVE_TTL, 5000, "r1"]
+        first_try = [*args, encode_event(Start("t1", "m")), "attempt-1"]
+        created = await store._script(store._lua.create, keys, first_try)
+        again = await store._script(store._lua.create, keys, first_try)
+        other = await store._script(store._lua.create, keys, [*first_try[:-1], "attempt-2"])
+        assert isinstance(created, bytes) and again == created, "the event id of its Start, both times"
+        assert isinstance(other, list), "another call: the existing task's hash"
+        assert [e for _, e in await store.read("t1")] == [Start("t1", "m")], "one Start, not two"
+    finally:
+        await store.close()

@@ -164,7 +164,7 @@ class RedisStore(LogRules):
         task_id = info.task_id
         keys = [self._keys.task(task_id), self._keys.events(task_id), *self._inline(self._index)]
         args: list[str | bytes | int] = [task_id, info.fingerprint, info.model, info.created_at, ACTIVE_TTL, lease]
-        args += [info.owner, b"" if first is None else encode_event(first)]  # "": queued
+        args += [info.owner, b"" if first is None else encode_event(first), uuid.uuid4().hex]  # "": queued
         reply = await self._script(self._lua.create, keys, args)
         if isinstance(reply, list):
             return _task_info(dict(zip(reply[::2], reply[1::2], strict=True)))

@@ -22,13 +22,19 @@ from redis.asyncio.cluster import RedisCluster
 # A queued task is leased too: if its replica dies before starting it, the reaper still ends it. With an owner
 # (ARGV[7]) the task is created started, as START would start it: running on the owner, its first event (ARGV[8])
 # appended; it answers that event's id, else 1. Nothing is published: nobody can follow a task before it exists
-# (a follower of an unknown task ends at once). A task that exists answers its hash, unchanged.
+# (a follower of an unknown task ends at once). A task that exists answers its hash, unchanged, unless this very
+# call created it (ARGV[9], a token per call): a retry whose first answer was lost answers as the first did.
 # KEYS task hash, events, [lease index]; ARGV id, fingerprint, model, at, ttl, lease ms (-1: none), owner ('': none),
-# event
+# event, attempt
 CREATE = """
-if redis.call('HSETNX', KEYS[1], 'task_id', ARGV[1]) == 0 then return redis.call('HGETALL', KEYS[1]) end
+if redis.call('HSETNX', KEYS[1], 'task_id', ARGV[1]) == 0 then
+  if redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[9] then return redis.call('HGETALL', KEYS[1]) end
+  local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)[1]
+  if ARGV[7] ~= '' and first then return first[1] end
+  return 1
+end
 redis.call('HSET', KEYS[1], 'status', ARGV[7] == '' and 'queued' or 'running', 'created_at', ARGV[4],
-           'updated_at', ARGV[4], 'model', ARGV[3], 'fingerprint', ARGV[2])
+           'updated_at', ARGV[4], 'model', ARGV[3], 'fingerprint', ARGV[2], 'attempt', ARGV[9])
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 if tonumber(ARGV[6]) >= 0 then
   local t = redis.call('TIME')
