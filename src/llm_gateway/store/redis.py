@@ -173,7 +173,12 @@ class RedisStore(LogRules):
         return None
 
     async def get_task(self, task_id: str) -> TaskInfo | None:
-        fields = await self._call(self._redis.hgetall(self._keys.task(task_id)))
+        key = self._keys.task(task_id)
+        if self._lean is None:
+            fields = await self._call(self._redis.hgetall(key))
+        else:  # every request about a task asks this: on the lean connection, the pool stays small
+            flat = await self._call(self._lean.call("HGETALL", key))
+            fields = dict(zip(flat[::2], flat[1::2], strict=True))
         return _task_info(fields) if fields else None
 
     async def _start(self, task_id: str, owner: str, lease: int, event: Event, at: str) -> str | None:
