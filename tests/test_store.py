@@ -708,3 +708,39 @@ async def test_redis_a_create_tried_again_after_its_answer_was_lost_answers_as_t
         assert [e for _, e in await store.read("t1")] == [Start("t1", "m")], "one Start, not two"
     finally:
         await store.close()
+
+
+async def test_redis_followers_on_the_writing_replica_start_from_what_it_wrote(redis_url: str) -> None:
+    """A task this replica writes: its followers here start from the events its writer stored (no read of the
+    log, one round trip less per stream), from any resume point, and miss nothing written after."""
+    import redis.asyncio as aioredis
+
+    from llm_gateway.store.redis import RedisStore
+
+    store = RedisStore.from_url(redis_url, prefix=f"hist:{time.monotonic_ns()}:")
+    admin = aioredis.Redis.from_url(redis_url)
+
+    async def scripts_run() -> int:
+        stats = await admin.info("commandstats")
+        return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+    await store.connect()
+    try:
+        start = Start("t1", "m")
+        await store.create_task(
+            "t1", fingerprint="f", model="m", lease_seconds=5, runs_here=True, owner="r1", first=start
+        )
+        ids = [await store.append("t1", [Text(0, piece)], owner="r1") for piece in "abc"]
+        before = await scripts_run()
+        followers = [asyncio.create_task(collect(store, "t1", after)) for after in (None, ids[0], ids[2])]
+        await asyncio.sleep(0.05)
+        looked = await scripts_run() - before
+        await store.append("t1", [Text(0, "d")], owner="r1")
+        await store.finish("t1", DONE)
+        whole, after_a, after_c = [[event for _, event in await follower] for follower in followers]
+    finally:
+        await admin.aclose()
+        await store.close()
+    assert looked == 0, "the followers read the log"
+    assert whole == [start, Text(0, "a"), Text(0, "b"), Text(0, "c"), Text(0, "d"), DONE]
+    assert after_a == whole[2:] and after_c == whole[4:]

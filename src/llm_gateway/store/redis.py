@@ -168,8 +168,9 @@ class RedisStore(LogRules):
         reply = await self._script(self._lua.create, keys, args)
         if isinstance(reply, list):
             return _task_info(dict(zip(reply[::2], reply[1::2], strict=True)))
-        if first is not None:
-            self._fanout.local_start(keys[1])  # as _start; nothing to deliver: nobody follows it yet
+        if first is not None:  # as _start
+            self._fanout.local_start(keys[1])
+            self._fanout.deliver(keys[1], [(text(reply), first)])
         return None
 
     async def get_task(self, task_id: str) -> TaskInfo | None:
@@ -302,10 +303,15 @@ class RedisStore(LogRules):
                     sub.take()  # what the reader delivered before we joined, or what overflowed: read it instead
                     attempt = time.monotonic()
                     try:
-                        if needs_wake:
-                            await self._fanout.join(key)
-                            needs_wake = False
-                        batch, status = await self._look(task_id, key, last)
+                        status: str | None
+                        written = self._fanout.history(key, format_event_id(last)) if first else None
+                        if written is not None:  # this replica writes it: no need to read the log
+                            batch, status = written, "running"
+                        else:
+                            if needs_wake:
+                                await self._fanout.join(key)
+                                needs_wake = False
+                            batch, status = await self._look(task_id, key, last)
                     except StoreUnavailable:
                         failing_since = failing_since or attempt
                         if self._out_for(failing_since) >= self._grace:

@@ -109,6 +109,7 @@ class Fanout:
         self._subs: dict[str, set[Subscription]] = {}
         self._cursors: dict[str, str] = {}
         self._local: set[str] = set()
+        self._history: dict[str, EventBatch] = {}  # what this replica's writers stored of their running tasks
         self._ended: set[str] = set()
         self._idle = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -147,9 +148,20 @@ class Fanout:
 
     def local_start(self, key: str) -> None:
         self._local.add(key)
+        self._history.setdefault(key, [])
+
+    def history(self, key: str, after: str) -> EventBatch | None:
+        """The events after ``after`` of a task this replica writes, as stored; None if it writes no such task.
+        Its followers here start from it instead of reading the log."""
+        written = self._history.get(key)
+        if written is None:
+            return None
+        start = parse_event_id(after)
+        return [item for item in written if parse_event_id(item[0]) > start]
 
     async def local_end(self, key: str) -> None:
         self._local.discard(key)
+        self._history.pop(key, None)
         delivered = key in self._ended
         self._ended.discard(key)
         if key in self._subs and not delivered:
@@ -157,8 +169,10 @@ class Fanout:
 
     def deliver(self, key: str, batch: EventBatch) -> None:
         """Hand a batch just stored by this replica to its local subscribers (they drop what they have)."""
-        if key in self._local and isinstance(batch[-1][1], Complete | Error):
-            self._ended.add(key)  # its subscribers have the terminal event: no XREAD needed when it is released
+        if key in self._local:
+            self._history[key].extend(batch)
+            if isinstance(batch[-1][1], Complete | Error):
+                self._ended.add(key)  # its subscribers have the terminal event: no XREAD needed when it is released
         self._fan_out(key, batch)
 
     def _fan_out(self, key: str, batch: EventBatch) -> None:
