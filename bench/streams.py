@@ -41,6 +41,7 @@ from bench.procs import (
 )
 
 LATENCY_STREAMS = 50
+KEEPALIVE_EXPIRY = 2.0  # seconds an idle client connection is kept: under every server's keep-alive timeout here
 MASTER_KEY = "sk-bench-0123456789abcdef0123456789abcdef"  # LiteLLM refuses to start without one
 
 
@@ -128,7 +129,11 @@ GATEWAY_PATHS = {
 
 async def measure(target: Target, streams: int, concurrency: int, deltas: int) -> None:
     """One run: ``streams`` at ``concurrency`` (CPU, rate), then LATENCY_STREAMS one at a time (TTFE, CPU)."""
-    limits = httpx.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2)
+    # Idle connections are dropped before a server's keep-alive timeout (uvicorn's: 5 s) can close one as it is
+    # reused, which fails that stream with a ReadError that is the harness's, not the server's.
+    limits = httpx.Limits(
+        max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2, keepalive_expiry=KEEPALIVE_EXPIRY
+    )
     async with httpx.AsyncClient(limits=limits, timeout=120) as client:
         await asyncio.gather(*(target.one(client, target.url, deltas) for _ in range(concurrency)))  # warm up
         semaphore = asyncio.Semaphore(concurrency)
@@ -156,7 +161,7 @@ async def measure(target: Target, streams: int, concurrency: int, deltas: int) -
 async def memory_per_log(target: Target, logs: int, deltas: int) -> None:
     """RSS (embedded) or Redis' used_memory (Redis) grown per finished answer, over ``logs`` more of them."""
     before = rss_bytes(target.pid), redis_memory(target.redis_nodes)
-    limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
+    limits = httpx.Limits(max_connections=100, max_keepalive_connections=100, keepalive_expiry=KEEPALIVE_EXPIRY)
     async with httpx.AsyncClient(limits=limits, timeout=120) as client:
         semaphore = asyncio.Semaphore(50)
 
