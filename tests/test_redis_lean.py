@@ -138,6 +138,20 @@ async def test_password_and_database_from_the_url() -> None:
             process.wait(timeout=10)
 
 
+async def test_closed_means_closed(redis_url: str) -> None:
+    """Commands in flight when the store closes fail; none opens a new connection afterwards."""
+    lean = LeanRedis.from_url(redis_url)
+    assert lean is not None
+    waiting = asyncio.create_task(lean.call("BLPOP", f"lean:never:{time.monotonic_ns()}", 5))
+    await asyncio.sleep(0.1)
+    await lean.close()
+    with pytest.raises(RedisConnectionError):
+        await asyncio.wait_for(waiting, timeout=2)
+    with pytest.raises(RedisConnectionError):
+        await lean.call("PING")
+    assert lean._connection is None
+
+
 def test_tls_urls_stay_on_redis_py() -> None:
     assert LeanRedis.from_url("rediss://127.0.0.1:6380/0") is None
     assert LeanRedis.from_url("unix:///tmp/redis.sock?db=2") is not None

@@ -105,6 +105,7 @@ class LeanRedis:
         self._address = address
         self._connection: _Connection | None = None
         self._connecting = asyncio.Lock()
+        self._closed = False
 
     @classmethod
     def from_url(cls, url: str) -> LeanRedis | None:
@@ -134,11 +135,14 @@ class LeanRedis:
         return await self.call("EVAL", script.script, len(keys), *keys, *args)  # and the server keeps it again
 
     async def close(self) -> None:
+        self._closed = True  # what still waits fails, and is not sent again on a new connection
         if self._connection is not None:
             self._connection.abort()
             self._connection = None
 
     async def _connected(self) -> _Connection:
+        if self._closed:
+            raise RedisConnectionError("the store is closed")
         connection = self._connection
         if connection is not None and not connection.lost:
             return connection
