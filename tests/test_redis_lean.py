@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 import uvloop
 from redis.exceptions import ConnectionError as RedisConnectionError, ResponseError
 
-from llm_gateway.store.redis_lean import STALLED, LeanRedis
+from llm_gateway.store.redis_lean import STALLED, LeanRedis, _out_of_reach
 from tests.conftest import OwnRedis, redis_server_binary
 from tests.servers import free_port
 
@@ -129,7 +129,7 @@ async def test_password_and_database_from_the_url() -> None:
             await lean.close()
             wrong = LeanRedis.from_url(f"redis://:nope@127.0.0.1:{port}/3")
             assert wrong is not None
-            with pytest.raises(ResponseError):
+            with pytest.raises(RedisConnectionError, match="WRONGPASS"):  # the store out of reach, as redis-py says
                 await wrong.call("GET", "k")
             await wrong.close()
             await admin.aclose()
@@ -150,6 +150,14 @@ async def test_closed_means_closed(redis_url: str) -> None:
     with pytest.raises(RedisConnectionError):
         await lean.call("PING")
     assert lean._connection is None
+
+
+def test_a_loading_server_counts_as_out_of_reach() -> None:
+    """Redis answers LOADING while it reads its data at start: the store is unavailable (503), as with redis-py,
+    not failing with an error of its own."""
+    loading = _out_of_reach(ResponseError("LOADING Redis is loading the dataset in memory"))
+    other = ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value")
+    assert isinstance(loading, RedisConnectionError) and _out_of_reach(other) is other
 
 
 def test_tls_urls_stay_on_redis_py() -> None:

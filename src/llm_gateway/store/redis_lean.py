@@ -25,7 +25,12 @@ from typing import Any, cast
 import hiredis
 from redis.asyncio.connection import SSLConnection, parse_url
 from redis.commands.core import AsyncScript
-from redis.exceptions import ConnectionError as RedisConnectionError, ResponseError
+from redis.exceptions import (
+    AuthenticationError,
+    BusyLoadingError,
+    ConnectionError as RedisConnectionError,
+    ResponseError,
+)
 
 CONNECT_SECONDS = 2.0
 RETRIES = 3
@@ -33,6 +38,11 @@ STALLED = 1.0  # seconds a waiting command may go without any reply on its conne
 MAX_PENDING = 10_000  # commands in flight on the connection; past it the store counts as out of reach
 
 Arg = str | bytes | memoryview | int | float
+
+
+def _out_of_reach(reply: ResponseError) -> Exception:
+    """A server still loading its data answers as one out of reach, as redis-py says (BusyLoadingError)."""
+    return BusyLoadingError(str(reply)) if str(reply).startswith("LOADING") else reply
 
 
 class _Lost(Exception):
@@ -62,7 +72,7 @@ class _Connection(asyncio.Protocol):
                 if waiter.done():
                     continue  # its caller gave up: the answer is dropped, the order kept
                 if isinstance(reply, ResponseError):
-                    waiter.set_exception(reply)
+                    waiter.set_exception(_out_of_reach(reply))
                 else:
                     waiter.set_result(reply)
         except hiredis.ProtocolError:
@@ -171,6 +181,8 @@ class LeanRedis:
                 except BaseException:
                     connection.abort()
                     raise
+        except ResponseError as exc:  # a wrong password: redis-py's answer, the store out of reach
+            raise AuthenticationError(str(exc)) from None
         except (OSError, TimeoutError, _Lost) as exc:
             raise RedisConnectionError(f"could not connect to Redis: {type(exc).__name__}") from None
         return connection
