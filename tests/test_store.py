@@ -401,7 +401,7 @@ async def test_redis_a_task_created_started_is_followed_on_its_replica_and_anoth
     await b.connect()
     try:
         first = Start("t1", "m")
-        await a.create_task("t1", fingerprint="f", model="m", lease_seconds=5, runs_here=True, owner="r1", first=first)
+        await a.create_task("t1", fingerprint="f", model="m", lease_seconds=5, owner="r1", first=first)
         on_a, on_b = asyncio.create_task(collect(a, "t1")), asyncio.create_task(collect(b, "t1"))
         await asyncio.sleep(0.05)
         for piece in "xy":
@@ -727,9 +727,7 @@ async def test_redis_followers_on_the_writing_replica_start_from_what_it_wrote(r
     await store.connect()
     try:
         start = Start("t1", "m")
-        await store.create_task(
-            "t1", fingerprint="f", model="m", lease_seconds=5, runs_here=True, owner="r1", first=start
-        )
+        await store.create_task("t1", fingerprint="f", model="m", lease_seconds=5, owner="r1", first=start)
         ids = [await store.append("t1", [Text(0, piece)], owner="r1") for piece in "abc"]
         before = await scripts_run()
         followers = [asyncio.create_task(collect(store, "t1", after)) for after in (None, ids[0], ids[2])]

@@ -228,7 +228,6 @@ class TaskRunner:
             fingerprint=fingerprint(request),
             model=request.model,
             lease_seconds=self.lease_seconds,
-            runs_here=True,
             owner=self.replica_id,
             first=start,
         )

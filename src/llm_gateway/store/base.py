@@ -117,17 +117,16 @@ class EventLog(Protocol):
         fingerprint: str,
         model: str,
         lease_seconds: float | None,
-        runs_here: bool = False,
         owner: str | None = None,
         first: Event | None = None,
     ) -> tuple[TaskInfo, bool]:
         """Create a queued task, leased like a running one (None: no lease, never reaped); if it exists,
-        return it and False. ``runs_here``: this replica starts it at once and then ``release``s it, so its
-        own followers get its events from the writer, not from the live reads.
+        return it and False.
 
         With ``owner`` and ``first`` (both or neither), the new task is created already started, in the same
-        atomic step: running on ``owner``, leased, ``first`` its first event (as ``start_task`` would). An
-        existing task is returned unchanged, never started."""
+        atomic step: running on ``owner``, leased, ``first`` its first event (as ``start_task`` would); until
+        this replica ``release``s it, its followers here get its events from the writer. An existing task is
+        returned unchanged, never started."""
 
     async def get_task(self, task_id: str) -> TaskInfo | None: ...
 
@@ -234,7 +233,6 @@ class LogRules(abc.ABC):
         fingerprint: str,
         model: str,
         lease_seconds: float | None,
-        runs_here: bool = False,
         owner: str | None = None,
         first: Event | None = None,
     ) -> tuple[TaskInfo, bool]:
@@ -251,8 +249,6 @@ class LogRules(abc.ABC):
             owner=owner or "",
         )
         existing = await self._create(info, lease_ms(lease_seconds), first)
-        if existing is None and runs_here:
-            self._runs_here(task_id)
         return (info, True) if existing is None else (existing, False)
 
     async def start_task(self, task_id: str, *, owner: str, lease_seconds: float | None, event: Event) -> str:
@@ -286,9 +282,6 @@ class LogRules(abc.ABC):
                 yield batch
                 if ends_log(batch):
                     return
-
-    def _runs_here(self, task_id: str) -> None:  # noqa: B027 (a hook: most backends need nothing)
-        """This replica created the task and starts it now (``create_task(runs_here=True)``)."""
 
     @abc.abstractmethod
     async def _create(self, info: TaskInfo, lease: int, first: Event | None) -> TaskInfo | None:

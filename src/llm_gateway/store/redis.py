@@ -142,23 +142,11 @@ class RedisStore(LogRules):
         self._health.answered()
         return result
 
-    async def _script(
-        self,
-        script: AsyncScript,
-        keys: Sequence[str],
-        args: Sequence[str | bytes | int],
-        *,
-        timeout: float = COMMAND_TIMEOUT,
-    ) -> Any:
+    async def _script(self, script: AsyncScript, keys: Sequence[str], args: Sequence[str | bytes | int]) -> Any:
         """Run one of the store's scripts (``self._lua``) as ``_call`` runs a command."""
         if self._lean is None:
-            return await self._call(script(keys=keys, args=args), timeout=timeout)
-        return await self._call(self._lean.script(script, keys, args), timeout=timeout)
-
-    def _runs_here(self, task_id: str) -> None:
-        # Its writer hands each batch to this replica's followers: the live reads need not cover it (no wake-up,
-        # no XREAD or channel) unless someone still follows it when it is released.
-        self._fanout.local_start(self._keys.events(task_id))
+            return await self._call(script(keys=keys, args=args))
+        return await self._call(self._lean.script(script, keys, args))
 
     async def _create(self, info: TaskInfo, lease: int, first: Event | None) -> TaskInfo | None:
         task_id = info.task_id
@@ -167,8 +155,10 @@ class RedisStore(LogRules):
         args += [info.owner, b"" if first is None else encode_event(first), uuid.uuid4().hex]  # "": queued
         reply = await self._script(self._lua.create, keys, args)
         if isinstance(reply, list):
-            return _task_info(dict(zip(reply[::2], reply[1::2], strict=True)))
+            return _task_info(_pairs(reply))
         if first is not None:  # as _start
+            # Its writer hands each batch to this replica's followers: the live reads need not cover it (no
+            # wake-up, no XREAD or channel) unless someone still follows it when it is released.
             self._fanout.local_start(keys[1])
             self._fanout.deliver(keys[1], [(text(reply), first)])
         return None
@@ -178,8 +168,7 @@ class RedisStore(LogRules):
         if self._lean is None:
             fields = await self._call(self._redis.hgetall(key))
         else:  # every request about a task asks this: on the lean connection, the pool stays small
-            flat = await self._call(self._lean.call("HGETALL", key))
-            fields = dict(zip(flat[::2], flat[1::2], strict=True))
+            fields = _pairs(await self._call(self._lean.call("HGETALL", key)))
         return _task_info(fields) if fields else None
 
     async def _start(self, task_id: str, owner: str, lease: int, event: Event, at: str) -> str | None:
@@ -363,7 +352,7 @@ class RedisStore(LogRules):
         start = "-" if last == (0, 0) else f"({format_event_id(last)}"
         keys = [self._keys.task(task_id), key]
         page, status = await self._script(self._lua.look, keys, [start, PAGE])
-        entries = [(entry_id, dict(zip(fields[::2], fields[1::2], strict=True))) for entry_id, fields in page]
+        entries = [(entry_id, _pairs(fields)) for entry_id, fields in page]
         return decode_entries(entries), None if status is None else text(status)
 
     def _out_for(self, failing_since: float) -> float:
@@ -435,6 +424,11 @@ class RedisStore(LogRules):
 def wrote_end(reply: Any) -> bool:
     """FINISH wrote the terminal event (its answer is the event's id)."""
     return isinstance(reply, bytes | str)
+
+
+def _pairs(flat: list[Any]) -> dict[Any, Any]:
+    """A hash or stream entry as Redis sends it (field, value, field, value...) as a dict."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def _over(status: str | None) -> bool:
