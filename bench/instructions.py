@@ -22,8 +22,9 @@ from pathlib import Path
 
 import httpx
 
-from bench.procs import free_port, gateway_command, redis_server_binary, spawn, stop, wait_for
+from bench.procs import gateway_command, redis_server_binary, spawn, stop, wait_for
 from bench.streams import one_query
+from tests.processes import free_port
 
 
 async def answers(url: str, count: int, concurrency: int) -> None:

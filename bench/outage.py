@@ -31,8 +31,8 @@ from pathlib import Path
 
 import httpx
 
-from bench.procs import free_port
 from llm_gateway.emulator import emulated_text
+from tests.processes import free_port
 
 STREAMS = 20
 DELTAS = 400  # at 50 ms each: 20 s of answer, so every stream is mid-answer when Redis fails

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -12,18 +11,14 @@ from pathlib import Path
 
 import httpx
 
+from tests.processes import stop_processes
+
 ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 # The server measured gets a core of its own; the load generator, the emulator and Redis share the rest.
 _CPUS = sorted(os.sched_getaffinity(0))
 SERVER_CPU, REST_CPUS = ({_CPUS[0]}, set(_CPUS[1:])) if len(_CPUS) > 1 else ({_CPUS[0]}, {_CPUS[0]})
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def cpu_seconds(pid: int) -> float:
@@ -74,11 +69,4 @@ def redis_server_binary() -> str:
 
 
 def stop(processes: list[subprocess.Popen[bytes]]) -> None:
-    for process in reversed(processes):
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
+    stop_processes(reversed(processes))

@@ -23,10 +23,11 @@ from pathlib import Path
 
 import httpx
 
-from bench.procs import SERVER_CPU, free_port, spawn, wait_for
+from bench.procs import SERVER_CPU, spawn, wait_for
 from llm_gateway.emulator.words import emulated_deltas
 from llm_gateway.events import Complete, Start, Text, TokenUsage, Usage
 from llm_gateway.store.memory import MemoryStore
+from tests.processes import free_port
 
 DELTAS = 50
 MODEL = "claude-sonnet-4-6"

@@ -31,7 +31,6 @@ from bench.procs import (
     REST_CPUS,
     SERVER_CPU,
     cpu_seconds,
-    free_port,
     gateway_command,
     redis_server_binary,
     rss_bytes,
@@ -39,6 +38,7 @@ from bench.procs import (
     stop,
     wait_for,
 )
+from tests.processes import free_port
 
 LATENCY_STREAMS = 50
 KEEPALIVE_EXPIRY = 2.0  # seconds an idle client connection is kept: under every server's keep-alive timeout here

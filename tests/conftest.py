@@ -27,7 +27,8 @@ from llm_gateway.store.memory import MemoryStore
 from llm_gateway.store.redis import RedisStore
 from llm_gateway.store.redis_cluster import node_url
 from tests import redis_cluster
-from tests.servers import free_port, serve
+from tests.processes import free_port
+from tests.servers import serve
 
 EMULATOR_KEY = "sk-ant-test-0123456789abcdefghijklmnop"
 

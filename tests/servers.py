@@ -22,11 +22,7 @@ import pytest
 import uvicorn
 from starlette.types import ASGIApp
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.processes import free_port, stop_processes
 
 
 @contextlib.asynccontextmanager
@@ -94,12 +90,7 @@ async def replica_process(
                 await asyncio.sleep(0.1)
         yield url, process
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes([process])
 
 
 DEPLOYED_NGINX_CONF = Path(__file__).parents[1] / "deploy" / "nginx.conf"
@@ -145,12 +136,7 @@ async def nginx_in_front(binary: str, workdir: Path, a: str, b: str) -> AsyncIte
                     break
             yield f"http://127.0.0.1:{port}"
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_processes([process], timeout=10)
 
 
 NODE_DIR = Path(__file__).parent / "node"

@@ -12,7 +12,8 @@ from llm_gateway.errors import GatewayError
 from llm_gateway.events import Complete, Event, Text
 from llm_gateway.providers.anthropic import AnthropicProvider, messages_body
 from llm_gateway.providers.base import GenerationRequest, worth_retrying
-from tests.servers import free_port, serve
+from tests.processes import free_port
+from tests.servers import serve
 
 MODEL = "claude-emulated-1"
 

@@ -18,7 +18,7 @@ import yaml
 
 from llm_gateway.config import Settings, from_env
 from llm_gateway.sse import KEEPALIVE_SECONDS
-from tests.servers import free_port
+from tests.processes import free_port
 from tests.test_dockerfile import ROOT, stages
 
 DEPLOY = ROOT / "deploy"

@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from tests.conftest import subprocess_env
-from tests.servers import free_port
+from tests.processes import free_port
 
 ROOT = Path(__file__).parents[1]
 EXIT_MARGIN = 2.0  # the process exits within SHUTDOWN_GRACE_SECONDS plus this (API.md §2)

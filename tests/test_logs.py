@@ -11,7 +11,7 @@ import sys
 import httpx
 
 from tests.conftest import EMULATOR_KEY, Emulator, subprocess_env
-from tests.servers import free_port
+from tests.processes import free_port
 from tests.sse_client import read_all
 
 

@@ -16,7 +16,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError, ResponseEr
 
 from llm_gateway.store.redis_lean import STALLED, LeanRedis, _out_of_reach
 from tests.conftest import OwnRedis, redis_server_binary
-from tests.servers import free_port
+from tests.processes import free_port
 
 NESTED = "return {ARGV[1], tonumber(ARGV[2]), false, {KEYS[1], 'x'}, redis.call('INCR', KEYS[1])}"
 

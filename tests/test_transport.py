@@ -12,7 +12,8 @@ import uvloop
 
 from llm_gateway.emulator import create_emulator_app, emulated_text
 from llm_gateway.providers.transport import LeanTransport
-from tests.servers import free_port, serve
+from tests.processes import free_port
+from tests.servers import serve
 
 MODEL = "claude-emulated-1"
 

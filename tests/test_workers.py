@@ -12,7 +12,7 @@ import time
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.servers import free_port
+from tests.processes import free_port
 
 
 def health_requests(exposition: str) -> float:

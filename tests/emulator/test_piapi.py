@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -18,6 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from llm_gateway.emulator import EmulatorStats, create_emulator_app, piapi_model_url
+from tests.processes import free_port
 from tests.servers import serve
 
 KEY = "piapi-test-key"
@@ -337,12 +337,6 @@ async def receiver() -> AsyncIterator[Receiver]:
 
     async with serve(Starlette(routes=[Route("/hook", hook, methods=["POST"])])) as url:
         yield Receiver(f"{url}/hook", hooks)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_webhook_control_endpoint_delivers_the_current_data(http: httpx.AsyncClient, receiver: Receiver) -> None:
