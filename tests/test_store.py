@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import tracemalloc
+from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from unittest.mock import ANY
 
@@ -16,6 +18,7 @@ from llm_gateway.sse import aclose
 from llm_gateway.store import EventBatch, MalformedEventId, Store, TaskEnded, memory, parse_event_id
 from llm_gateway.store.base import INTERRUPTED, UNAVAILABLE
 from llm_gateway.store.memory import MemoryStore
+from llm_gateway.store.redis import RedisStore
 from llm_gateway.store.redis_cluster import RedisClusterStore
 from tests.conftest import admin_client
 
@@ -33,6 +36,19 @@ async def collect(store: Store, task_id: str, after: str | None = None) -> list[
         async for batch in store.follow(task_id, after, heartbeat=0.2):
             out.extend(batch)
     return out
+
+
+@contextlib.asynccontextmanager
+async def two_replicas(url: str, prefix: str) -> AsyncIterator[tuple[RedisStore, RedisStore]]:
+    """Two replicas' stores on one Redis (or cluster) under ``prefix``, connected; closed after."""
+    a, b = RedisStore.from_url(url, prefix=prefix), RedisStore.from_url(url, prefix=prefix)
+    await a.connect()
+    await b.connect()
+    try:
+        yield a, b
+    finally:
+        await a.close()
+        await b.close()
 
 
 async def test_create_is_idempotent(store: Store) -> None:
@@ -345,8 +361,6 @@ async def test_the_embedded_store_hands_what_it_dropped_back_to_the_os(monkeypat
 
 
 async def test_finished_redis_keys_get_the_stream_ttl(engine_url: str) -> None:
-    from llm_gateway.store.redis import RedisStore
-
     store = RedisStore.from_url(engine_url, prefix="ttl:", stream_ttl=30)
     client = admin_client(engine_url)
     try:
@@ -362,13 +376,7 @@ async def test_finished_redis_keys_get_the_stream_ttl(engine_url: str) -> None:
 
 async def test_redis_follow_across_replicas_and_after_the_writer_stops(engine_url: str) -> None:
     """B follows A's task through its XREAD; A's own follower gets it locally, then by XREAD once A's writer ends."""
-    from llm_gateway.store.redis import RedisStore
-
-    a = RedisStore.from_url(engine_url, prefix="xrep:")
-    b = RedisStore.from_url(engine_url, prefix="xrep:")
-    await a.connect()
-    await b.connect()
-    try:
+    async with two_replicas(engine_url, "xrep:") as (a, b):
         await started(a)
         on_a, on_b = asyncio.create_task(collect(a, "t1")), asyncio.create_task(collect(b, "t1"))
         await asyncio.sleep(0.05)
@@ -387,19 +395,10 @@ async def test_redis_follow_across_replicas_and_after_the_writer_stops(engine_ur
         assert [e for _, e in await on_a] == expected
         assert [e for _, e in await on_b] == expected
         assert [e for _, e in await late_a] == [Start("t2", "m"), Text(0, "w"), DONE]
-    finally:
-        await a.close()
-        await b.close()
 
 
 async def test_redis_a_task_created_started_is_followed_on_its_replica_and_another(engine_url: str) -> None:
-    from llm_gateway.store.redis import RedisStore
-
-    a = RedisStore.from_url(engine_url, prefix="cstart:")
-    b = RedisStore.from_url(engine_url, prefix="cstart:")
-    await a.connect()
-    await b.connect()
-    try:
+    async with two_replicas(engine_url, "cstart:") as (a, b):
         first = Start("t1", "m")
         await a.create_task("t1", fingerprint="f", model="m", lease_seconds=5, owner="r1", first=first)
         on_a, on_b = asyncio.create_task(collect(a, "t1")), asyncio.create_task(collect(b, "t1"))
@@ -411,14 +410,9 @@ async def test_redis_a_task_created_started_is_followed_on_its_replica_and_anoth
         expected = [first, Text(0, "x"), Text(0, "y"), DONE]
         assert [e for _, e in await on_a] == expected
         assert [e for _, e in await on_b] == expected
-    finally:
-        await a.close()
-        await b.close()
 
 
 async def test_redis_follower_drops_an_event_delivered_twice(engine_url: str) -> None:
-    from llm_gateway.store.redis import RedisStore
-
     store = RedisStore.from_url(engine_url, prefix="dup:")
     await store.connect()
     try:
@@ -499,8 +493,6 @@ async def test_a_cancel_request_is_seen_at_renewal(store: Store) -> None:
 async def test_a_task_created_again_on_another_replica_is_reaped_only_once_its_owner_stops(engine_url: str) -> None:
     """An equal request sent again to another replica finds the task (idempotent): that replica may have noted it
     where its reaper looks (a cluster notes it before CREATE), but the lease in the task's hash decides."""
-    from llm_gateway.store.redis import RedisStore
-
     owner = RedisStore.from_url(engine_url, prefix="again:")
     other = RedisStore.from_url(engine_url, prefix="again:")
     try:
@@ -521,13 +513,7 @@ async def test_a_task_created_again_on_another_replica_is_reaped_only_once_its_o
 
 
 async def test_redis_a_follower_far_ahead_does_not_starve_the_others(engine_url: str) -> None:
-    from llm_gateway.store.redis import RedisStore
-
-    writer = RedisStore.from_url(engine_url, prefix="ahead:")
-    reader = RedisStore.from_url(engine_url, prefix="ahead:")
-    await writer.connect()
-    await reader.connect()
-    try:
+    async with two_replicas(engine_url, "ahead:") as (writer, reader):
         await started(writer)
         ahead = reader.follow("t1", after="99999999999999-0", heartbeat=0.2)
 
@@ -545,16 +531,11 @@ async def test_redis_a_follower_far_ahead_does_not_starve_the_others(engine_url:
         with pytest.raises(asyncio.CancelledError):
             await ahead_task
         await aclose(ahead)
-    finally:
-        await writer.close()
-        await reader.close()
 
 
 async def test_redis_live_reads_share_one_connection(redis_url: str) -> None:
     """Fifty followers of fifty remote tasks: a handful of connections, not one per follower."""
     import redis.asyncio as aioredis
-
-    from llm_gateway.store.redis import RedisStore
 
     writer = RedisStore.from_url(redis_url, prefix="conns:")
     reader = RedisStore.from_url(redis_url, prefix="conns:", max_connections=4)
@@ -585,13 +566,7 @@ async def test_redis_live_reads_share_one_connection(redis_url: str) -> None:
 
 async def test_redis_a_follower_ahead_of_a_lagging_reader_still_gets_the_end(engine_url: str) -> None:
     """The task ends while this replica's XREAD has not delivered its last events: the heartbeat reads them."""
-    from llm_gateway.store.redis import RedisStore
-
-    writer = RedisStore.from_url(engine_url, prefix="lag:")
-    reader = RedisStore.from_url(engine_url, prefix="lag:")
-    await writer.connect()
-    await reader.connect()
-    try:
+    async with two_replicas(engine_url, "lag:") as (writer, reader):
         await started(writer)
         await reader._fanout.stop()  # a reader that lags behind for good
         follower = asyncio.create_task(collect(reader, "t1"))
@@ -599,15 +574,11 @@ async def test_redis_a_follower_ahead_of_a_lagging_reader_still_gets_the_end(eng
         await writer.append("t1", [Text(0, "a")], owner="r1")
         await writer.finish("t1", DONE)
         assert [e for _, e in await follower] == [Start("t1", "m"), Text(0, "a"), DONE]
-    finally:
-        await writer.close()
-        await reader.close()
 
 
 async def test_redis_a_replicas_wake_stream_expires_unless_woken_and_goes_at_close(redis_url: str) -> None:
     import redis.asyncio as aioredis
 
-    from llm_gateway.store.redis import RedisStore
     from llm_gateway.store.redis_fanout import WAKE_TTL
 
     writer = RedisStore.from_url(redis_url, prefix="wake-ttl:")
@@ -654,8 +625,6 @@ async def test_values_with_a_ttl(store: Store) -> None:
 async def test_redis_follower_ends_unavailable_when_its_log_is_lost(engine_url: str) -> None:
     """The store came back without the task (restarted empty): its follower ends with the error frame's event, at
     the last id it had, never silently."""
-    from llm_gateway.store.redis import RedisStore
-
     store = RedisStore.from_url(engine_url, prefix="lost:")
     client = admin_client(engine_url)
     await store.connect()
@@ -672,8 +641,6 @@ async def test_redis_follower_ends_unavailable_when_its_log_is_lost(engine_url: 
 
 
 async def test_redis_local_followers_get_the_terminal_event_the_store_did_not_take(engine_url: str) -> None:
-    from llm_gateway.store.redis import RedisStore
-
     store = RedisStore.from_url(engine_url, prefix="abandon:")
     await store.connect()
     try:
@@ -693,7 +660,7 @@ async def test_redis_a_create_tried_again_after_its_answer_was_lost_answers_as_t
     pool): CREATE's second try must answer "created", or the replica would take its own new task for someone
     else's and nobody would generate it. Another call creating the same task still gets the existing one."""
     from llm_gateway.events import encode_event
-    from llm_gateway.store.redis import ACTIVE_TTL, RedisStore
+    from llm_gateway.store.redis import ACTIVE_TTL
 
     store = RedisStore.from_url(engine_url, prefix=f"retry:{time.monotonic_ns()}:")
     try:
@@ -714,8 +681,6 @@ async def test_redis_followers_on_the_writing_replica_start_from_what_it_wrote(r
     """A task this replica writes: its followers here start from the events its writer stored (no read of the
     log, one round trip less per stream), from any resume point, and miss nothing written after."""
     import redis.asyncio as aioredis
-
-    from llm_gateway.store.redis import RedisStore
 
     store = RedisStore.from_url(redis_url, prefix=f"hist:{time.monotonic_ns()}:")
     admin = aioredis.Redis.from_url(redis_url)
